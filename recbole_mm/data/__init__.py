@@ -1,0 +1,1 @@
+"""Feature files, the feature store and the multimodal dataset class."""

@@ -1,0 +1,1 @@
+"""The plugin's models (one per file) and their reusable layers (``layers/``)."""

@@ -1,0 +1,51 @@
+"""recbole-mm: a RecBole 1.2.1 plugin with multimodal sequential recommenders."""
+
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# Top-level folders a regular (non-editable) install copies into the package.
+PACKAGED_FOLDERS = ("properties", "dataset")
+
+
+class BuildWithResources(build_py):
+    """Copy ``properties/`` and the bundled ``dataset/`` into ``recbole_mm/`` of the build."""
+
+    def run(self):
+        super().run()
+        for folder in PACKAGED_FOLDERS:
+            target = os.path.join(self.build_lib, "recbole_mm", folder)
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(os.path.join(HERE, folder), target)
+
+
+def read(name):
+    with open(os.path.join(HERE, name), encoding="utf-8") as handle:
+        return handle.read()
+
+
+setup(
+    name="recbole-mm",
+    version="0.1.0",
+    description="Multimodal sequential recommenders (MUFASA, DMAE, CAMMSR) as a RecBole 1.2.1 plugin",
+    long_description=read("README.md"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
+    cmdclass={"build_py": BuildWithResources},
+    python_requires=">=3.8,<3.12",
+    install_requires=[
+        "recbole==1.2.1",
+        "torch>=2.0",
+        "numpy>=1.24",
+        "pandas>=1.5",
+        "pyyaml>=6.0",
+        "thop>=0.1",
+        "setuptools<81",  # ray 2.6.3 (RecBole's pin) imports pkg_resources, removed in setuptools 81
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+    },
+)

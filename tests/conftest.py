@@ -1,0 +1,44 @@
+"""Shared fixtures: a clean argv (RecBole's Config parses sys.argv), a scratch cwd, tiny datasets."""
+
+import os
+import sys
+
+import pytest
+
+import recbole_mm  # noqa: F401  (applies compat and registers the models before any test)
+from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+
+TINY = dict(n_users=60, n_items=40, n_clusters=8, seq_len=(6, 10))
+
+
+@pytest.fixture(autouse=True)
+def isolated_run(tmp_path, monkeypatch):
+    """Each test runs in its own folder (RecBole writes saved/, log/, log_tensorboard/ into cwd)."""
+    monkeypatch.setattr(sys, "argv", [sys.argv[0]])
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+
+
+@pytest.fixture(scope="session")
+def tiny_planted(tmp_path_factory):
+    """A 60-user, 40-item planted dataset with modalities text (16-d) and image (8-d)."""
+    data_path = str(tmp_path_factory.mktemp("data"))
+    planted = write_planted_dataset(data_path, name="tiny", seed=1, **TINY)
+    return planted, data_path
+
+
+@pytest.fixture
+def tiny_config(tiny_planted):
+    """Factory: config_dict for the tiny dataset with overrides."""
+    planted, data_path = tiny_planted
+
+    def make(**overrides):
+        base = dict(epochs=1, train_batch_size=64, eval_batch_size=64, MAX_ITEM_LIST_LENGTH=10)
+        base.update(overrides)
+        return planted_config(planted, data_path, **base)
+
+    return make
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PYTHONHASHSEED", "0")
