@@ -18,3 +18,14 @@ def run_recbole_mm(model=None, dataset=None, config_file_list=None, config_dict=
         )
     result["model"] = model
     return result
+
+
+def run_distributed(model, dataset, config_file_list=None, nproc=1, world_size=-1, ip="localhost", port="5678", group_offset=0):
+    """Multi-process training through RecBole's own ``run`` (torch.distributed DDP)."""
+    from recbole.quick_start import run
+
+    with plugin_overall_defaults():
+        return run(
+            model, dataset, config_file_list=config_file_list, nproc=nproc, world_size=world_size,
+            ip=ip, port=port, group_offset=group_offset,
+        )

@@ -4,9 +4,13 @@ import os
 import sys
 
 import pytest
+import torch
 
 import recbole_mm  # noqa: F401  (applies compat and registers the models before any test)
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+
+# Test tensors are tiny: one thread is faster than two and immune to other processes on the machine.
+torch.set_num_threads(1)
 
 TINY = dict(n_users=60, n_items=40, n_clusters=8, seq_len=(6, 10))
 

@@ -32,6 +32,7 @@ class SASRecMM(MultimodalSequentialRecommender):
         self.fusion = config["fusion"]
         self.projection = config["projection"]
         self.feature_dropout_prob = config["feature_dropout_prob"]
+        self.id_dropout_prob = config["id_dropout_prob"] or 0.0
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         self.item_encoder = MultimodalItemEncoder(
@@ -51,11 +52,32 @@ class SASRecMM(MultimodalSequentialRecommender):
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)
 
+        self._step_keep = None
         self.apply(self._init_weights)
 
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
         contents, masks = self.modality_lookup(item_ids)
-        return self.item_encoder(self.item_embedding(item_ids), contents, masks)
+        return self.item_encoder(self.id_embedding(item_ids), contents, masks)
+
+    def id_embedding(self, item_ids: torch.Tensor) -> torch.Tensor:
+        """ID embeddings; in training each item's is dropped with ``id_dropout_prob`` (whole vector,
+        the same item everywhere in the step) so content alone must carry it: the case of items
+        that are rare in training, whose ID vectors are barely learned."""
+        embedding = self.item_embedding(item_ids)
+        if not self.training or self.id_dropout_prob <= 0:
+            return embedding
+        keep = self._id_keep_mask(embedding.device)
+        return embedding * keep[item_ids].unsqueeze(-1)
+
+    def _id_keep_mask(self, device) -> torch.Tensor:
+        """One keep/drop draw per item, reused within a training step (reset by ``calculate_loss``)."""
+        if self._step_keep is None:
+            self._step_keep = (torch.rand(self.n_items, device=device) >= self.id_dropout_prob).float()
+        return self._step_keep
+
+    def calculate_loss(self, interaction):
+        self._step_keep = None
+        return super().calculate_loss(interaction)
 
     def forward(self, item_seq, item_seq_len):
         position_ids = torch.arange(item_seq.size(1), dtype=torch.long, device=item_seq.device)

@@ -1,0 +1,42 @@
+"""Train a model on a planted dataset through RecBole's pipeline and measure target ranks."""
+
+import numpy as np
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.utils import get_model, get_trainer, init_seed
+
+
+def train_on_planted(model_name, config_dict, dataset_name):
+    """Fit ``model_name`` (no checkpoint files); returns (model, dataset, test_data, trainer)."""
+    config = Config(model=model_name, dataset=dataset_name, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(model_name)(config, train_data._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
+    trainer.fit(train_data, valid_data=None, saved=False, show_progress=False)
+    return model, dataset, test_data, trainer
+
+
+@torch.no_grad()
+def target_ranks(model, test_data):
+    """1-based rank of every test target among all items (padding excluded), with target ids."""
+    model.eval()
+    ranks, targets = [], []
+    for interaction, _, _, positive_items in test_data:
+        scores = model.full_sort_predict(interaction).view(len(positive_items), -1)
+        scores[:, 0] = -np.inf
+        target_scores = scores.gather(1, positive_items.view(-1, 1))
+        ranks.append((scores > target_scores).sum(1) + 1)
+        targets.append(positive_items)
+    return torch.cat(ranks).numpy(), torch.cat(targets).numpy()
+
+
+def training_counts(dataset, train_data_ids):
+    return np.bincount(train_data_ids, minlength=dataset.item_num)
+
+
+def recall_at(ranks, k=10):
+    return float((ranks <= k).mean()) if len(ranks) else float("nan")
