@@ -1,0 +1,276 @@
+"""DMAE trains through RecBole, ranks all items consistently, and learns a planted similarity pattern."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.data.interaction import Interaction
+from recbole.quick_start import run_recbole
+from recbole.utils import init_seed
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from planted_eval import recall_at, train_on_planted
+from recbole_mm.data.synthetic import planted_config
+from recbole_mm.data.synthetic_dmae import write_similar_history_dataset
+from recbole_mm.model.dmae import DMAE, RERANK_OFFSET
+from recbole_mm.model.layers.interest import bucket_index, similarity_distribution, time_buckets
+
+RERANK = dict(dmae_mode="rerank", dmae_rerank_size=10, dmae_rerank_negs=4)
+
+
+def _model(tiny_config, **overrides):
+    config = Config(model="DMAE", dataset="tiny", config_dict=tiny_config(**overrides))
+    init_seed(config["seed"], True)
+    dataset = create_dataset(config)
+    train, _, test = data_preparation(config, dataset)
+    return DMAE(config, train._dataset), next(iter(train)), next(iter(test))[0]
+
+
+def _perturb(model, scale=0.3):
+    """Move every weight away from its initial value (zero-initialised biases included)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(scale * torch.randn(param.shape, generator=generator))
+
+
+def _with_items(interaction, item):
+    copy = Interaction({key: interaction[key] for key in interaction.columns})
+    copy.update(Interaction({"item_id": torch.full((len(interaction),), item)}))
+    return copy
+
+
+@pytest.mark.parametrize("mode", ["lite", "rerank"])
+def test_stock_run_recbole_completes(tiny_config, mode):
+    overrides = RERANK if mode == "rerank" else {"id_dropout_prob": 0.3}
+    result = run_recbole(model="DMAE", dataset="tiny", config_dict=tiny_config(**overrides))
+    assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
+
+
+@pytest.mark.parametrize("overrides", [{}, {"dmae_sim_cache_mb": 0}, RERANK], ids=["lite-cached", "lite-direct", "rerank"])
+def test_full_sort_chunked_equals_unchunked_equals_predict(tiny_config, overrides):
+    model, _, test = _model(tiny_config, dmae_chunk_size=7, score_chunk_size=5, dmae_rerank_chunk=3, **overrides)
+    _perturb(model)
+    model.eval()
+    with torch.no_grad():
+        chunked = model.full_sort_predict(test)
+        model.chunk_size = model.score_chunk_size = model.rerank_chunk = 0
+        whole = model.full_sort_predict(test)
+        looped = torch.stack([model.predict(_with_items(test, item)) for item in range(model.n_items)], 1)
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(looped, whole)
+    if model.dmae_mode == "rerank":  # exactly the top-C stay above the offset
+        assert ((whole > -RERANK_OFFSET / 2).sum(1) == model.rerank_size).all()
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.numel = max(self.numel, tensor.numel())
+        return out
+
+
+def test_lite_full_sort_never_builds_a_per_candidate_behaviour_vector_tensor(tiny_config):
+    model, _, test = _model(tiny_config, dmae_chunk_size=0)
+    model.eval()
+    with torch.no_grad(), _LargestTensor() as probe:
+        model.full_sort_predict(test)
+    batch, length = test["item_id_list"].shape
+    assert probe.numel < batch * model.n_items * length * model.hidden_size // 8, probe.numel
+
+
+def test_lite_score_is_the_readout_of_the_histogram_interest(tiny_config):
+    """The O(L)-gather score equals u'^T z(c) with z built by scatter_add histograms; the per-pair
+    cell tables used at inference give the same cells and magnitudes as computing them afresh."""
+    model, _, test = _model(tiny_config)
+    _perturb(model)
+    model.eval()
+    ids = model.all_item_ids()
+    with torch.no_grad():
+        context = model._context(test)
+        cells, magnitude = model._cells(context, ids)
+        scores = model.lite(context["lite"], cells, magnitude)
+        interest = model.lite.interest(context["lite"], cells, magnitude)
+    torch.testing.assert_close(scores, (context["lite"]["readout"].unsqueeze(1) * interest).sum(-1))
+    fresh_cells, fresh_magnitude = model._cells(context, ids)  # gradient enabled: computed from similarities
+    assert fresh_magnitude.requires_grad and torch.equal(fresh_cells, cells)
+    torch.testing.assert_close(fresh_magnitude.detach(), magnitude)
+
+
+def _explicit_fusion(fusion, scaled, index, time, behaviour, user, valid):
+    """MIFU written out literally: f_j = sum_m beta_m e_m + c * e_1 * e_2, z = sum_j a_j f_j."""
+    interests = fusion.encoder(scaled, index, time)  # [B, C, L, M, d]
+    if not fusion.mifu:
+        share = valid / valid.sum(1, keepdim=True)
+        return (share[:, None, :, None] * interests.mean(-2)).sum(-2)
+    batch, length, hidden = behaviour.shape
+    queries = fusion.modality_query(behaviour).view(batch, 1, length, 2, hidden)
+    beta = torch.softmax((interests * queries).sum(-1) * fusion.scale, -1)
+    fused = (beta.unsqueeze(-1) * interests).sum(-2) + fusion.cross * interests[..., 0, :] * interests[..., 1, :]
+    key = (fusion.behaviour_key(behaviour) + fusion.user_key(user).unsqueeze(1)).unsqueeze(1)
+    logits = ((fused * key).sum(-1) * fusion.scale).masked_fill(~valid.unsqueeze(1), -torch.inf)
+    return (torch.softmax(logits, -1).unsqueeze(-1) * fused).sum(-2)
+
+
+@pytest.mark.parametrize("mifu", [True, False])
+def test_rerank_fusion_equals_the_literal_formula(tiny_config, mifu):
+    model, _, test = _model(tiny_config, dmae_mifu=mifu, **RERANK)
+    _perturb(model)
+    with torch.no_grad():
+        context = model._context(test)
+        candidates = torch.randint(1, model.n_items, (len(test), 6))
+        _, _, scaled, index = model._buckets(context, candidates)
+        scaled, index = scaled.transpose(1, 2), index.transpose(1, 2)
+        args = (context["time"], context["behaviour"], context["user"], context["valid"])
+        expected = _explicit_fusion(model.fusion_unit, scaled, index, *args)
+        torch.testing.assert_close(model.fusion_unit(scaled, index, *args), expected)
+        torch.testing.assert_close(model._interest(context, model._buckets(context, candidates)), expected)
+
+
+def test_bucket_index_stays_in_range_under_any_affine(tiny_config):
+    model, batch, _ = _model(tiny_config, dmae_n_buckets=5)
+    context = model._context(batch)
+    wild = [(50.0, -20.0), (-30.0, 4.0), (1e30, 1e30), (-1e30, 0.0), (0.0, 0.5)]
+    for scale, shift in wild:
+        with torch.no_grad():
+            model.mieu.buckets.scale.fill_(scale)
+            model.mieu.buckets.shift.fill_(shift)
+            _, present, scaled, index = model._buckets(context, model.all_item_ids())
+        assert index[present].min() >= 0 and index[present].max() <= 4, (scale, shift)
+        assert (index[~present] == 5).all() and (scaled >= 0).all() and (scaled <= 1).all()
+    values = torch.tensor([-torch.inf, -3.0, 0.0, 0.2499, 0.25, 0.999, 1.0, 7.0, torch.inf, torch.nan])
+    assert bucket_index(values, 5).tolist() == [0, 0, 0, 0, 1, 3, 4, 4, 4, 0]
+
+
+def test_missing_modality_items_take_the_neutral_path(tiny_config):
+    model, _, test = _model(tiny_config, dmae_sim_cache_mb=0)
+    _perturb(model)
+    model.eval()
+    item, name = 5, model.modalities[0]
+    getattr(model, f"feature_mask_{name}")[item] = False
+    with torch.no_grad():
+        before = model.full_sort_predict(test)[:, item]
+        getattr(model, f"feature_{name}")[item] = 100 * torch.randn(model.modality_dims[name])
+        after = model.full_sort_predict(test)[:, item]
+        context = model._context(test)
+        similarity, present, scaled, index = model._buckets(context, torch.tensor([item]))
+    torch.testing.assert_close(before, after)
+    assert not present[..., 0].any() and (similarity[..., 0] == 0.5).all()
+    assert (scaled[..., 0] == 0.5).all() and (index[..., 0] == model.n_buckets).all()
+    assert present[..., 1][context["valid"].unsqueeze(2)].all()  # the other modality is untouched
+
+
+def test_decoder_target_uses_no_learnable_quantity(tiny_config):
+    model, batch, _ = _model(tiny_config)
+    positives = batch["item_id"].unsqueeze(1)
+
+    def target():
+        context = model._context(batch)
+        similarity, present = model._buckets(context, positives)[:2]
+        buckets = model.mieu.buckets.target_buckets(similarity[:, :, 0], present[:, :, 0])
+        return similarity_distribution(buckets, context["valid"], model.mieu.n_bins)
+
+    before = target()
+    assert before.grad_fn is None and not before.requires_grad
+    _perturb(model, scale=1.0)
+    torch.testing.assert_close(before, target())
+    torch.testing.assert_close(before.sum(-1), torch.ones(before.shape[:2]))
+    assert (before.argmax(-1) != before.argmax(-1)[0, 0]).any()  # informative: histograms differ
+
+
+@pytest.mark.parametrize("overrides", [{}, RERANK], ids=["lite", "rerank"])
+def test_losses_are_finite_and_train_their_parameters(tiny_config, overrides):
+    model, batch, _ = _model(tiny_config, **overrides)
+    backbone, head, distribution = model.calculate_loss(batch)
+    for loss in (backbone, head, distribution):
+        assert torch.isfinite(loss) and loss > 0
+    distribution.backward(retain_graph=True)
+    assert model.decoder.net[0].weight.grad.abs().sum() > 0
+    assert model.mieu.bucket_embedding.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    head.backward()
+    for param in (model.mieu.buckets.scale, model.mieu.bucket_embedding.weight, model.mieu.time_embedding.weight, model.item_embedding.weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def test_zero_distribution_weight_removes_the_decoder(tiny_config):
+    model, batch, _ = _model(tiny_config, dmae_dist_weight=0.0)
+    assert not hasattr(model, "decoder")
+    assert len(model.calculate_loss(batch)) == 2
+
+
+def test_switches_change_the_computation(tiny_config):
+    model, batch, _ = _model(tiny_config, dmae_time_unit=1.0)
+    plain, _, _ = _model(tiny_config, dmae_discretize=False, dmae_mifu=False)
+    ids = plain.all_item_ids()
+    _, present, _, index = model._buckets(model._context(batch), ids)
+    assert index[present].unique().numel() > 2
+    context = plain._context(batch)
+    _, present, scaled, index = plain._buckets(context, ids)
+    assert (index[present] == 0).all() and not hasattr(plain.lite, "cross_embedding")
+    weights = plain.lite.attention(context["lite"], plain._cells(context, ids)[0])  # [B, L, C]
+    valid = context["valid"].unsqueeze(2).expand_as(weights)
+    torch.testing.assert_close(weights[valid], (1.0 / valid.sum(1, keepdim=True).expand_as(weights))[valid])
+    # click time: log2 gap buckets from RecBole's timestamp_list, recency rank, or nothing
+    valid = batch["item_id_list"] > 0
+    gap = (batch["timestamp"].unsqueeze(1) - batch["timestamp_list"]).clamp_min(0)
+    expected = torch.log2(1 + gap).floor().long().clamp(0, model.n_time_buckets - 1) * valid
+    assert torch.equal(model._time_buckets(batch, valid), expected) and expected.unique().numel() > 2
+    model.time_mode = "position"
+    recency = model._time_buckets(batch, valid)
+    assert torch.equal(recency[valid.sum(1) > 0, 0], (valid.sum(1) - 1).clamp(max=model.n_time_buckets - 1)[valid.sum(1) > 0])
+    model.time_mode = "none"
+    assert (model._time_buckets(batch, valid) == 0).all()
+
+
+def test_without_time_fields_falls_back_to_reverse_position(tiny_config):
+    model, batch, _ = _model(tiny_config)
+    assert model.time_mode == "gap"
+    assert model._available_time_mode(SimpleNamespace(field2type={})) == "position"
+    bare = Interaction({key: batch[key] for key in batch.columns if not key.startswith("timestamp")})
+    valid = bare["item_id_list"] > 0
+    assert torch.equal(model._time_buckets(bare, valid), time_buckets("position", valid, model.n_time_buckets))
+    assert torch.isfinite(torch.stack(model.calculate_loss(bare))).all()
+
+
+@pytest.fixture(scope="module")
+def similar_history(tmp_path_factory):
+    data_path = str(tmp_path_factory.mktemp("simhist"))
+    planted = write_similar_history_dataset(data_path, name="simhist", n_users=120, n_items=150, n_clusters=15, seed=0)
+    return planted, data_path
+
+
+@torch.no_grad()
+def _head_and_backbone_ranks(model, test_data):
+    """1-based rank of every test target under the head alone and under the backbone alone."""
+    model.eval()
+    ranks = {"head": [], "backbone": []}
+    for interaction, _, _, positives in test_data:
+        backbone = model.full_sort_scores(model._context(interaction)["user"])
+        full = model.full_sort_predict(interaction)
+        for name, scores in (("head", full - backbone), ("backbone", backbone)):
+            scores[:, 0] = -np.inf
+            ranks[name].append((scores > scores.gather(1, positives.view(-1, 1))).sum(1) + 1)
+    return {name: torch.cat(values).numpy() for name, values in ranks.items()}
+
+
+def test_learns_the_planted_similar_to_history_pattern(similar_history):
+    """Next items resemble earlier ones (random order): the similarity head must find it, better than the backbone."""
+    planted, data_path = similar_history
+    settings = dict(epochs=6, train_batch_size=128, hidden_size=32, inner_size=64, n_layers=1, n_heads=1, hidden_dropout_prob=0.2,
+                    attn_dropout_prob=0.2, learning_rate=0.005, MAX_ITEM_LIST_LENGTH=10, dmae_n_buckets=5, dmae_train_negs=64)
+    model, _, test_data, trainer = train_on_planted("DMAE", planted_config(planted, data_path, **settings), "simhist")
+    ranks = _head_and_backbone_ranks(model, test_data)
+    n_items = len(planted.item_cluster)
+    assert recall_at(ranks["head"]) > 3 * 10 / n_items, ranks
+    assert ranks["head"].mean() < n_items / 4, ranks["head"].mean()
+    assert ranks["head"].mean() < ranks["backbone"].mean(), (ranks["head"].mean(), ranks["backbone"].mean())

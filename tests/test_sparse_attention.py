@@ -1,0 +1,264 @@
+"""SparseAttentionAlignment (MUFASA's SAL, NSA-shaped): exactness, causality, padding, gradients, memory shape."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from recbole_mm.model.layers.sparse_attention import BRANCHES, SparseAttentionAlignment, SparseTransformerEncoder
+
+D, H = 16, 2
+
+
+def make_layer(seed=0, randomise_gates=True, **kwargs):
+    """A layer whose gates depend on the input (the NSA init has zero gate weights)."""
+    torch.manual_seed(seed)
+    layer = SparseAttentionAlignment(D, H, **kwargs)
+    if randomise_gates and layer.branches:
+        with torch.no_grad():
+            layer.gate.weight.normal_(0, 0.5)
+            layer.gate.bias.zero_()
+    return layer.eval()
+
+
+def padding_mask(lengths, length, left=False):
+    """``[B, L]`` True on real items; right-padded (RecBole) or left-padded."""
+    positions = torch.arange(length)[None, :]
+    lengths = torch.tensor(lengths)[:, None]
+    return positions >= length - lengths if left else positions < lengths
+
+
+# ----- a naive O(L^2) reference written from the definitions --------------------------------------
+
+
+def masked_attention(q, k, v, visible):
+    """Softmax attention with an explicit mask; rows that see nothing give 0."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    probs = torch.softmax(scores.masked_fill(~visible, float("-inf")), -1).nan_to_num(0.0)
+    return probs @ v
+
+
+def naive_sal(layer, x, real):
+    """SAL with dense ``[B, H, L, L]`` masks per branch, reusing the layer's parameters."""
+    batch, length, _ = x.shape
+    w, size, n = layer.window_size, layer.block_size, layer.top_blocks
+    heads = lambda y: y.view(batch, length, H, D // H).transpose(1, 2)  # noqa: E731  [B, H, L, dh]
+    q = heads(layer.query(x))
+    kv = {name: [heads(y) for y in proj(x).chunk(2, -1)] for name, proj in layer.key_value.items()}
+    t = torch.arange(length)[:, None]  # query position
+    s = torch.arange(length)[None, :]  # key position
+    key_real = real[:, None, None, :]
+    outputs = {}
+    if "window" in layer.branches:
+        outputs["window"] = masked_attention(q, *kv["window"], (s <= t) & (s > t - w) & key_real)
+    n_blocks = length // size
+    if "block" in kv and n_blocks:
+        k, v = kv["block"]
+        keep = real[:, None, : n_blocks * size, None]
+        compress = lambda y, phi: phi((y[:, :, : n_blocks * size] * keep).unflatten(2, (n_blocks, size)))  # noqa: E731
+        k_cmp, v_cmp = compress(k, layer.compress_key), compress(v, layer.compress_value)  # [B, H, nb, dh]
+        valid = real[:, : n_blocks * size].view(batch, n_blocks, size).any(-1)[:, None, None, :]
+        block = torch.arange(n_blocks)[None, :]
+        outputs["block"] = masked_attention(q, k_cmp, v_cmp, ((block + 1) * size - 1 <= t) & valid)
+        # importance: block-branch probabilities at the first query of t's block, over earlier blocks
+        first = (t // size) * size  # [L, 1]
+        candidate = (block < t // size) & valid  # [B, 1, L, nb]
+        scores = (q[:, :, first[:, 0]] @ k_cmp.transpose(-1, -2)).masked_fill(~candidate, float("-inf"))
+        probs = torch.softmax(scores, -1).nan_to_num(0.0)
+        top, picked = probs.masked_fill(~candidate, -1.0).topk(min(n - 1, n_blocks), -1)
+        chosen = torch.zeros_like(probs).scatter(-1, picked, (top >= 0).float()).bool()  # [B, H, L, nb]
+        key_block = (s // size).expand(length, length)
+        in_chosen = chosen.gather(-1, key_block.clamp(max=n_blocks - 1).expand(batch, H, -1, -1)) & (key_block < n_blocks)
+    else:
+        in_chosen = torch.zeros(1, 1, length, length, dtype=torch.bool)
+    if "select" in layer.branches:
+        own_block = (s // size == t // size) & (s <= t)
+        outputs["select"] = masked_attention(q, *kv["select"], (own_block | in_chosen) & key_real)
+    gates = torch.sigmoid(F.linear(x, layer.gate.weight, layer.gate.bias)).view(batch, length, H, -1).transpose(1, 2)
+    context = sum(gates[..., i, None] * outputs.get(b, torch.zeros_like(q)) for i, b in enumerate(layer.branches))
+    return layer.out(context.transpose(1, 2).reshape(batch, length, D))
+
+
+@pytest.mark.parametrize(
+    "length,window,block,top,left",
+    [(64, 8, 8, 3, False), (37, 8, 8, 3, True), (37, 5, 6, 2, False), (23, 4, 4, 1, False), (5, 8, 8, 4, False)],
+)
+def test_sparse_matches_naive_reference(length, window, block, top, left):
+    """Chunked window, compressed blocks and gathered selection equal the dense-mask definitions (odd L too)."""
+    layer = make_layer(window_size=window, block_size=block, top_blocks=top)
+    x = torch.randn(3, length, D)
+    real = padding_mask([length, length - 3, max(1, length // 2 - 1)], length, left=left)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, real), naive_sal(layer, x, real), atol=1e-5, rtol=1e-4)
+
+
+# ----- dense equivalence ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length,left", [(16, False), (13, True), (13, False)])
+def test_window_only_with_large_window_equals_dense_causal_attention(length, left):
+    sparse = make_layer(window_size=32, branches=("window",))
+    dense = SparseAttentionAlignment(D, H, attention="dense").eval()
+    dense.query.load_state_dict(sparse.query.state_dict())
+    dense.key_value["dense"].load_state_dict(sparse.key_value["window"].state_dict())
+    dense.out.load_state_dict(sparse.out.state_dict())
+    x = torch.randn(2, length, D)
+    real = padding_mask([length, length - 4], length, left=left)
+    with torch.no_grad():
+        got = sparse(x, real, gate_override={"window": 1.0})
+        torch.testing.assert_close(got, dense(x, real), atol=1e-5, rtol=1e-5)
+        # and against SDPA written out, with the same weights, on the unpadded sequences
+        q = sparse.query(x).view(2, length, H, -1).transpose(1, 2)
+        k, v = (y.view(2, length, H, -1).transpose(1, 2) for y in sparse.key_value["window"](x).chunk(2, -1))
+        full = sparse.out(F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(2, length, D))
+        torch.testing.assert_close(sparse(x, gate_override={"window": 1.0}), full, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(dense(x), full, atol=1e-5, rtol=1e-5)
+
+
+# ----- causality and padding -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("position", [9, 20, 29, 42, 51, 63])
+def test_future_inputs_do_not_change_earlier_outputs(position):
+    """Includes positions inside a block: the shared per-block selection must not peek ahead."""
+    layer = make_layer(window_size=8, block_size=8, top_blocks=2)
+    x = torch.randn(2, 64, D)
+    changed = x.clone()
+    changed[:, position] += 20 * torch.randn(2, D)
+    with torch.no_grad():
+        before, after = layer(x), layer(changed)
+    torch.testing.assert_close(after[:, :position], before[:, :position], atol=1e-6, rtol=0)
+    assert (after[:, position] - before[:, position]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("left", [False, True])
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_padded_items_have_no_influence(left, attention):
+    """Lengths 27 and 11 in 40: padding inside partial blocks and windows, on either side."""
+    layer = make_layer(window_size=8, block_size=8, top_blocks=3, attention=attention)
+    x = torch.randn(2, 40, D)
+    real = padding_mask([27, 11], 40, left=left)
+    noisy = torch.where(real[..., None], x, 10 * torch.randn_like(x))
+    with torch.no_grad():
+        before, after, unmasked = layer(x, real), layer(noisy, real), layer(noisy)
+    torch.testing.assert_close(after[real], before[real], atol=1e-6, rtol=0)
+    if left:  # right padding sits in the future of every real item, so there causality alone guards it
+        assert (unmasked[real] - before[real]).abs().max() > 1e-2  # without the mask the noise would leak
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_fully_padded_rows_stay_finite_in_training(attention):
+    layer = make_layer(window_size=4, block_size=4, top_blocks=2, attention=attention, attn_dropout=0.3).train()
+    x = torch.randn(3, 19, D, requires_grad=True)
+    real = padding_mask([19, 6, 0], 19)
+    out = layer(x, real)
+    out.square().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+    assert torch.isfinite(x.grad).all()
+
+
+# ----- every part is used --------------------------------------------------------------------------
+
+
+def test_gradients_reach_every_branch_and_the_gates():
+    layer = make_layer(randomise_gates=False, window_size=8, block_size=8, top_blocks=2)
+    x = torch.randn(2, 64, D)
+    layer(x, padding_mask([64, 50], 64)).square().sum().backward()
+    names = {"query.weight", "out.weight", "gate.weight", "gate.bias", "compress_key.weight", "compress_value.weight"}
+    names |= {f"key_value.{b}.weight" for b in BRANCHES}
+    grads = dict(layer.named_parameters())
+    assert names <= set(grads)
+    for name in sorted(names):
+        assert grads[name].grad is not None and grads[name].grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("branch", BRANCHES)
+def test_each_branch_changes_the_output(branch):
+    layer = make_layer(window_size=8, block_size=8, top_blocks=2)
+    x = torch.randn(2, 48, D)
+    with torch.no_grad():
+        delta = layer(x) - layer(x, gate_override={branch: 0.0})
+    assert delta[:, 16:].abs().max() > 1e-3  # every branch is live once two blocks are complete
+
+
+def test_select_without_block_branch_still_ranks_blocks():
+    layer = make_layer(window_size=4, block_size=4, top_blocks=2, branches=("window", "select"))
+    assert "block" in layer.key_value and layer.branches == ("window", "select")
+    x = torch.randn(2, 24, D)
+    real = padding_mask([24, 17], 24, left=True)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x, real), naive_sal(layer, x, real), atol=1e-5, rtol=1e-4)
+
+
+def test_gates_start_window_dominated_and_survive_linear_reinit():
+    layer = SparseAttentionAlignment(D, H)
+    for module in layer.modules():  # what RecBole's _init_weights does to every Linear
+        if isinstance(module, torch.nn.Linear):
+            module.weight.data.normal_(0, 0.02)
+            module.bias.data.zero_()
+    gates = layer.gate(torch.randn(1, 3, D))  # [1, 3, H, 3]
+    assert torch.allclose(gates[..., 0], torch.sigmoid(torch.tensor(2.0)))
+    assert torch.allclose(gates[..., 1:], torch.sigmoid(torch.tensor(-2.0)))
+
+
+# ----- no [L, L] tensor in sparse mode -------------------------------------------------------------
+
+
+class ShapeRecorder(TorchDispatchMode):
+    """Records the shape of every tensor entering or leaving an aten op (forward and backward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes, self.ops = [], set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.ops.add(str(func))
+        self.shapes += [tuple(t.shape) for t in pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        return out
+
+
+def quadratic_shapes(attention, length=512):
+    layer = SparseAttentionAlignment(D, H, window_size=32, block_size=16, top_blocks=4, attention=attention)
+    x = torch.randn(1, length, D, requires_grad=True)
+    real = padding_mask([length - 5], length)
+    with ShapeRecorder() as recorder:
+        layer(x, real).sum().backward()
+    assert any("backward" in op for op in recorder.ops)  # the recorder sees the backward pass too
+    return [s for s in recorder.shapes if len(s) >= 2 and min(s[-2:]) >= length]
+
+
+def test_sparse_mode_never_builds_an_l_by_l_tensor():
+    assert quadratic_shapes("dense")  # the check does catch dense attention's mask / scores
+    assert quadratic_shapes("sparse") == []
+
+
+# ----- encoder and arguments -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["sparse", "dense"])
+def test_encoder_stack(attention):
+    torch.manual_seed(0)
+    encoder = SparseTransformerEncoder(
+        n_layers=2, hidden_size=D, n_heads=H, inner_size=32, hidden_dropout=0.1, attn_dropout=0.1, hidden_act="gelu",
+        layer_norm_eps=1e-12, window_size=4, block_size=4, top_blocks=2, attention=attention, branches=["window", "block", "select"],
+    )
+    x = torch.randn(2, 21, D)
+    real = padding_mask([21, 9], 21)
+    out = encoder(x, real)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert len(encoder.layers) == 2 and encoder.layers[0].attention.attention == attention
+    encoder.eval()
+    torch.testing.assert_close(encoder(x, real), encoder(x, real))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(branches=()), dict(branches=("window", "global")), dict(attention="flex"), dict(block_size=0)]
+)
+def test_bad_arguments_are_rejected(kwargs):
+    with pytest.raises(ValueError):
+        SparseAttentionAlignment(D, H, **kwargs)
