@@ -66,6 +66,9 @@ class MUFASA(MultimodalSequentialRecommender):
         self.col_detach_id = config["col_detach_id"]
         self.dist_type = config["dist_type"]
 
+        if self.dist_type not in mfl.DISTRIBUTION_LOSSES:
+            raise ValueError(f"dist_type must be one of {sorted(mfl.DISTRIBUTION_LOSSES)}, got {self.dist_type!r}")
+
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         if self.use_mfl:
             self.fusion = mfl.MultimodalFusionLayer(

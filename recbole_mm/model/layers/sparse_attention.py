@@ -47,18 +47,27 @@ ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "tanh": torch.ta
 
 
 def causal_mask(length: int, device=None) -> torch.Tensor:
-    """``[L, L]``: key ``j`` visible from query ``i`` iff ``j <= i`` (dense mode only)."""
+    """``[L, L]``: key ``j`` visible from query ``i`` iff ``j <= i`` (dense mode, and inside a block)."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
-def window_band_mask(window: int, device=None) -> torch.Tensor:
-    """``[w, 2w]``: query ``i`` of a chunk sees key ``j`` of [previous chunk | own chunk] iff ``i < j <= i + w``.
+def window_band_mask(block_size: int, window: int, device=None) -> torch.Tensor:
+    """``[l, w+l]``: query ``i`` of a block sees key ``j`` of its window (items ``c*l-w .. c*l+l-1``) iff ``i < j <= i+w``.
 
-    Key ``j`` sits ``i + w - j`` steps before query ``i``, so this is exactly ``t - w < s <= t``.
+    Key ``j`` is ``i + w - j`` steps before query ``i``, so this is exactly ``t - w < s <= t``.
     """
-    i = torch.arange(window, device=device)[:, None]
-    j = torch.arange(2 * window, device=device)[None, :]
+    i = torch.arange(block_size, device=device)[:, None]
+    j = torch.arange(window + block_size, device=device)[None, :]
     return (j > i) & (j <= i + window)
+
+
+def same_row_mask(n_blocks: int, block_size: int, window: int, device=None) -> torch.Tensor:
+    """``[nq, w+l]``: window key ``j`` of query block ``c`` lies in the same sequence (position ``c*l-w+j >= 0``).
+
+    The batch is flattened, so the first windows of a row reach back into the previous row.
+    """
+    position = torch.arange(n_blocks, device=device)[:, None] * block_size - window
+    return position + torch.arange(window + block_size, device=device)[None, :] >= 0
 
 
 def complete_block_mask(length: int, n_blocks: int, block_size: int, device=None) -> torch.Tensor:
@@ -68,9 +77,10 @@ def complete_block_mask(length: int, n_blocks: int, block_size: int, device=None
     return block_end <= t
 
 
-def earlier_block_mask(n_query_blocks: int, n_blocks: int, device=None) -> torch.Tensor:
-    """``[nq, nb]``: key block ``k`` is a selection candidate for query block ``c`` iff ``k < c``."""
-    return torch.arange(n_blocks, device=device)[None, :] < torch.arange(n_query_blocks, device=device)[:, None]
+def earlier_block_mask(n_blocks: int, device=None) -> torch.Tensor:
+    """``[nq, nq]``: key block ``k`` is a selection candidate for query block ``c`` iff ``k < c``."""
+    blocks = torch.arange(n_blocks, device=device)
+    return blocks[None, :] < blocks[:, None]
 
 
 def selected_slots_mask(block_size: int, n_slots: int, device=None) -> torch.Tensor:
@@ -79,19 +89,56 @@ def selected_slots_mask(block_size: int, n_slots: int, device=None) -> torch.Ten
     return torch.cat([earlier, causal_mask(block_size, device)], dim=1)
 
 
-# ----- small helpers ------------------------------------------------------------------------------
+# ----- layout -------------------------------------------------------------------------------------
 
 
-def pad_length(x: torch.Tensor, length: int, front: int = 0) -> torch.Tensor:
-    """Zero/False-pad dim 1 of ``[B, L, ...]`` to ``front + length`` (``front`` items before, the rest after)."""
-    back = length - x.shape[1]
-    if front == 0 and back == 0:
+def pad_length(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero/False-pad dim 1 of ``[B, L, ...]`` to ``length``."""
+    if x.shape[1] == length:
         return x
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (front, back))
+    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
+
+
+class BlockLayout:
+    """Where items sit once the batch is flattened: ``front`` padding items, then ``B`` rows of ``nq*l``.
+
+    Rows are padded to whole blocks; ``front >= w`` (a whole number of blocks, so blocks stay aligned)
+    lets the first window of the first row look back ``w`` items. Every branch then works on views of
+    one ``[N, ...]`` projection, ``N = front + B*nq*l``: windows are an ``unfold``, blocks a ``view``.
+    """
+
+    def __init__(self, batch: int, length: int, block_size: int, window: int):
+        self.batch, self.length, self.size = batch, length, block_size
+        self.n_blocks = -(-length // block_size)  # nq
+        self.padded = self.n_blocks * block_size  # items per row
+        self.window = min(window, length)  # a window >= L is plain causal attention
+        self.front = -(-self.window // block_size) * block_size
+        self.total = self.front + batch * self.padded  # N
+
+    def flatten(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, L, ...] -> [N, ...]``, zero/False in the padding."""
+        x = pad_length(x, self.padded)
+        return torch.cat([x.new_zeros((self.front, *x.shape[2:])), x.flatten(0, 1)])
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, ...] -> [B, nq, l, ...]`` (a view, the front padding dropped)."""
+        return x[self.front:].view(self.batch, self.n_blocks, self.size, *x.shape[1:])
+
+    def windows(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, ...] -> [B*nq, ..., w+l]``: items ``c*l-w .. c*l+l-1`` for every query block (an unfold view)."""
+        return x[self.front - self.window:].unfold(0, self.window + self.size, self.size)
+
+    def block_index(self, slots: torch.Tensor) -> torch.Tensor:
+        """Block numbers ``[B, nq, ns]`` within a row -> indices into ``[N/l]`` blocks of the flat layout."""
+        row_start = torch.arange(self.batch, device=slots.device)[:, None, None] * self.n_blocks
+        return self.front // self.size + row_start + slots
+
+
+# ----- parameterised parts ------------------------------------------------------------------------
 
 
 class BranchGate(nn.Module):
-    """``sigmoid(W x + b)`` per head and branch, ``[B, L, H, n_branches]``.
+    """``sigmoid(W x + b)`` per head and branch, ``[..., H, n_branches]``.
 
     Plain parameters rather than ``nn.Linear`` so that a model's ``_init_weights`` (RecBole re-draws every
     Linear and zeroes its bias) keeps the NSA initialisation: zero weights, window-favouring bias.
@@ -108,21 +155,21 @@ class BranchGate(nn.Module):
 
 
 class BlockCompressor(nn.Module):
-    """NSA's phi: one key (or value) per block of ``l`` per-head keys, ``[..., l, dh] -> [..., dh]``.
+    """NSA's phi, ``[..., l, d] -> [..., d]``: a position-weighted mean of each block of ``l`` hidden states.
 
-    A linear map of the flattened block, i.e. one ``dh x dh`` matrix per intra-block position; that is
-    the learned intra-block position encoding (an additive position embedding followed by a mean and a
-    Linear would collapse into a constant bias). Initialised to mean pooling; plain parameters so a
-    model's Linear re-initialisation leaves it alone. Shared by all heads.
+    ``sum_p a_p * x_p`` with one learned weight per intra-block position and channel (``a`` starts at
+    ``1/l``: mean pooling); the block's key and value then come from the branch's own Linear. Pooling
+    before projecting costs ``1/l`` of a per-item projection. Weights rather than an additive position
+    embedding, which would become a constant under the mean. Plain parameters, so a model's Linear
+    re-initialisation leaves the mean-pool start alone.
     """
 
-    def __init__(self, block_size: int, head_dim: int):
+    def __init__(self, block_size: int, hidden_size: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.eye(head_dim).repeat(1, block_size) / block_size)  # [dh, l*dh]
-        self.bias = nn.Parameter(torch.zeros(head_dim))
+        self.position_weight = nn.Parameter(torch.full((block_size, hidden_size), 1.0 / block_size))
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
-        return F.linear(blocks.flatten(-2), self.weight, self.bias)
+        return (blocks * self.position_weight).sum(-2)
 
 
 # ----- the layer ----------------------------------------------------------------------------------
@@ -156,24 +203,22 @@ class SparseAttentionAlignment(nn.Module):
         requested = set(branches)
         if attention == "sparse" and (not requested or requested - set(BRANCHES)):
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {branches!r}")
-        branches = tuple(b for b in BRANCHES if b in requested)  # canonical order
         if min(window_size, block_size, top_blocks) < 1:
             raise ValueError("window_size, block_size and top_blocks must be >= 1")
         self.hidden_size, self.n_heads, self.head_dim = hidden_size, n_heads, hidden_size // n_heads
         self.window_size, self.block_size, self.top_blocks = window_size, block_size, top_blocks
         self.attn_dropout, self.attention = attn_dropout, attention
-        self.branches = branches if attention == "sparse" else ()
+        self.branches = tuple(b for b in BRANCHES if b in requested) if attention == "sparse" else ()
 
         # Key/value projections: one per branch; "select" ranks blocks with the block branch's keys.
         if attention == "dense":
             kv_names = ("dense",)
         else:
-            kv_names = tuple(b for b in BRANCHES if b in branches or (b == "block" and "select" in branches))
+            kv_names = tuple(b for b in BRANCHES if b in self.branches or (b == "block" and "select" in self.branches))
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key_value = nn.ModuleDict({name: nn.Linear(hidden_size, 2 * hidden_size) for name in kv_names})
         if "block" in kv_names:
-            self.compress_key = BlockCompressor(block_size, self.head_dim)
-            self.compress_value = BlockCompressor(block_size, self.head_dim)
+            self.compress = BlockCompressor(block_size, hidden_size)
         if self.branches:
             self.gate = BranchGate(hidden_size, n_heads, self.branches)
         self.out = nn.Linear(hidden_size, hidden_size)
@@ -181,13 +226,22 @@ class SparseAttentionAlignment(nn.Module):
     # ----- projections and the shared attention call ----------------------------------------------
 
     def _project(self, hidden: torch.Tensor):
-        """One matmul for the query and every key/value: ``q [B, L, H, dh]``, ``{name: (k, v)}``."""
-        names = list(self.key_value)
-        weight = torch.cat([self.query.weight] + [self.key_value[n].weight for n in names])
-        bias = torch.cat([self.query.bias] + [self.key_value[n].bias for n in names])
-        projected = F.linear(hidden, weight, bias)  # [B, L, (1 + 2*n_kv) * d]
-        parts = projected.unflatten(-1, (1 + 2 * len(names), self.n_heads, self.head_dim)).unbind(2)  # [B, L, H, dh] each
-        return parts[0], {n: (parts[1 + 2 * i], parts[2 + 2 * i]) for i, n in enumerate(names)}
+        """Query and per-item keys/values ``[..., H, dh]``, each its own contiguous tensor: ``q, {name: (k, v)}``.
+
+        Separate matmuls rather than one fused one: gathers and unfolds then read contiguous memory, and
+        backward needs no stacking of the parts. The block branch projects pooled blocks (:meth:`_compress`).
+        """
+
+        def project(weight, bias):
+            return F.linear(hidden, weight, bias).unflatten(-1, (self.n_heads, self.head_dim))
+
+        d = self.hidden_size
+        kv = {
+            name: (project(lin.weight[:d], lin.bias[:d]), project(lin.weight[d:], lin.bias[d:]))
+            for name, lin in self.key_value.items()
+            if name != "block"
+        }
+        return project(self.query.weight, self.query.bias), kv
 
     def _attend(self, q, k, v, visible):
         """SDPA with a boolean mask; query rows that see no key return exactly 0 (never NaN, on any backend).
@@ -201,141 +255,125 @@ class SparseAttentionAlignment(nn.Module):
 
     # ----- dense ablation -----------------------------------------------------------------------------
 
-    def _dense(self, q, k, v, real: Optional[torch.Tensor]) -> torch.Tensor:
-        """Plain causal SDPA, ``[B, L, H, dh]``."""
-        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [B, H, L, dh]
+    def _dense(self, hidden, real: Optional[torch.Tensor]) -> torch.Tensor:
+        """Plain causal SDPA, ``[B, L, d]`` before the output projection."""
+        q, kv = self._project(hidden)
+        q, k, v = (x.transpose(1, 2) for x in (q, *kv["dense"]))  # [B, H, L, dh]
         if real is None:
             dropout = self.attn_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             visible = causal_mask(q.shape[2], q.device) & real[:, None, None, :]  # [B, 1, L, L]
             out = self._attend(q, k, v, visible)
-        return out.transpose(1, 2)
+        return out.transpose(1, 2).flatten(2)
 
-    # ----- sparse branches ----------------------------------------------------------------------------
+    # ----- sparse branches (flat layout, see BlockLayout) ---------------------------------------------
 
-    def _window(self, q, k, v, real) -> torch.Tensor:
-        """Keys in ``(t - w, t]``: query chunks of ``w`` against [previous | own] key chunk. ``[B, L, H, dh]``."""
-        batch, length, heads, dim = q.shape
-        w = min(self.window_size, length)  # w >= L is plain causal attention
-        n_chunks = -(-length // w)
-        padded = n_chunks * w
-        q = pad_length(q, padded).view(batch, n_chunks, w, heads, dim).transpose(2, 3)  # [B, C, H, w, dh]
+    def _window(self, layout: BlockLayout, q_blocks, k, v, flat_real) -> torch.Tensor:
+        """Keys in ``(t - w, t]``: each query block against the ``w + l`` items ending with it. ``[B*nq, H, l, dh]``."""
+        n_keys = layout.window + layout.size
+        key_real = layout.windows(flat_real).view(layout.batch, layout.n_blocks, n_keys)
+        key_ok = key_real & same_row_mask(layout.n_blocks, layout.size, layout.window, k.device)
+        visible = key_ok.view(-1, 1, 1, n_keys) & window_band_mask(layout.size, layout.window, k.device)
+        keys, values = (layout.windows(x).transpose(-1, -2) for x in (k, v))  # [B*nq, H, w+l, dh]
+        return self._attend(q_blocks, keys, values, visible)  # visible [B*nq, 1, l, w+l]
 
-        def key_chunks(x):  # [B, L, H, dh] -> [B*C, H, 2w, dh], one zero chunk in front
-            x = pad_length(x, padded, front=w).unfold(1, 2 * w, w)  # [B, C, H, dh, 2w]
-            return x.transpose(-1, -2).reshape(batch * n_chunks, heads, 2 * w, dim)
-
-        key_real = pad_length(real, padded, front=w).unfold(1, 2 * w, w)  # [B, C, 2w]
-        visible = window_band_mask(w, q.device) & key_real[:, :, None, :]  # [B, C, w, 2w]
-        out = self._attend(
-            q.reshape(batch * n_chunks, heads, w, dim), key_chunks(k), key_chunks(v),
-            visible.view(batch * n_chunks, 1, w, 2 * w),
-        )  # [B*C, H, w, dh]
-        return out.view(batch, n_chunks, heads, w, dim).transpose(2, 3).reshape(batch, padded, heads, dim)[:, :length]
-
-    def _compress(self, k, v, real):
-        """Per-head compressed keys/values of the complete blocks, ``[B, H, nb, dh]`` each, and ``valid [B, nb]``.
+    def _compress(self, layout: BlockLayout, flat_hidden, real_blocks):
+        """Keys/values of every block, ``[B, nq, H, dh]`` each, and ``valid [B, nq]``.
 
         Padded items are zeroed first so they cannot leak into a partly padded (left-padded) block; a
-        block counts if it holds at least one real item.
+        block counts if it holds at least one real item. Only blocks complete at ``t`` are ever shown
+        to query ``t``, so the last, possibly partial, block of a row is never used early.
         """
-        batch, length, heads, dim = k.shape
-        n_blocks = length // self.block_size
-        used = n_blocks * self.block_size
-        keep = real[:, :used, None, None]
+        pooled = self.compress(layout.rows(flat_hidden) * real_blocks[..., None])  # [B, nq, d]
+        k_cmp, v_cmp = self.key_value["block"](pooled).unflatten(-1, (2, self.n_heads, self.head_dim)).unbind(2)
+        return k_cmp, v_cmp, real_blocks.any(-1)
 
-        def blocks(x):  # [B, L, H, dh] -> [B, H, nb, l, dh]
-            return (x[:, :used] * keep).view(batch, n_blocks, self.block_size, heads, dim).permute(0, 3, 1, 2, 4)
+    def _block(self, layout: BlockLayout, q_rows, k_cmp, v_cmp, valid) -> torch.Tensor:
+        """Attention over compressed complete blocks, ``[B, H, nq*l, dh]`` (0 before the first complete block)."""
+        visible = complete_block_mask(layout.padded, layout.n_blocks, layout.size, q_rows.device)
+        visible = visible & valid[:, None, None, :]  # [B, 1, nq*l, nq]
+        return self._attend(q_rows, k_cmp.transpose(1, 2), v_cmp.transpose(1, 2), visible)
 
-        valid = real[:, :used].view(batch, n_blocks, self.block_size).any(-1)
-        return self.compress_key(blocks(k)), self.compress_value(blocks(v)), valid
+    def _importance(self, layout: BlockLayout, q, k_cmp, valid) -> torch.Tensor:
+        """Block importance ``[B, nq, nq]`` for selection; ``-1`` marks non-candidates.
 
-    def _block_importance(self, q, k_cmp, valid):
-        """Selection scores ``[B, H, nq, nb]`` of earlier blocks, seen by each query block's first query.
-
-        Top-k of the block branch's softmax equals top-k of its logits, so the logits are returned,
-        with ``-inf`` for blocks that are not candidates (later, current or all-padding blocks).
+        The block branch's attention probabilities at each query block's *first* query (the latest
+        position all the block's queries may depend on) over the earlier blocks, summed over heads:
+        NSA sums them over the heads sharing a selection, here all heads share one.
         """
-        first = q[:, :: self.block_size].transpose(1, 2)  # [B, H, nq, dh]
-        scores = first @ k_cmp.transpose(-1, -2)  # [B, H, nq, nb]
-        candidate = earlier_block_mask(first.shape[2], k_cmp.shape[2], q.device) & valid[:, None, None, :]
-        return scores.masked_fill(~candidate, float("-inf"))
+        first = layout.rows(q)[:, :, 0]  # [B, nq, H, dh]
+        scores = torch.einsum("bchd,bkhd->bhck", first, k_cmp) / math.sqrt(self.head_dim)
+        candidate = earlier_block_mask(layout.n_blocks, q.device) & valid[:, None, :]  # [B, nq, nq]
+        probs = torch.softmax(scores.masked_fill(~candidate[:, None], float("-inf")), -1).nan_to_num(0.0)
+        return probs.sum(1).masked_fill(~candidate, -1.0)
 
-    def _block(self, q, k_cmp, v_cmp, valid) -> torch.Tensor:
-        """Attention over compressed complete blocks, ``[B, L, H, dh]`` (0 before the first complete block)."""
-        length = q.shape[1]
-        if k_cmp.shape[2] == 0:  # L < l: no block is ever complete
-            return torch.zeros_like(q)
-        visible = complete_block_mask(length, k_cmp.shape[2], self.block_size, q.device) & valid[:, None, None, :]
-        return self._attend(q.transpose(1, 2), k_cmp, v_cmp, visible).transpose(1, 2)  # visible [B, 1, L, nb]
-
-    def _select(self, q, k, v, real, importance: Optional[torch.Tensor]) -> torch.Tensor:
-        """Full-resolution attention to the selected earlier blocks + the own block (causally). ``[B, L, H, dh]``."""
-        batch, length, heads, dim = q.shape
-        size = self.block_size
-        n_query_blocks = -(-length // size)
-        padded = n_query_blocks * size
-        own = torch.arange(n_query_blocks, device=q.device).expand(batch, heads, n_query_blocks)[..., None]
-        n_pick = 0 if importance is None else min(self.top_blocks - 1, importance.shape[-1])
+    def _select(self, layout: BlockLayout, q_blocks, k, v, flat_real, importance) -> torch.Tensor:
+        """Full-resolution attention to the top blocks + the own block (causally). ``[B*nq, H, l, dh]``."""
+        batch, n_blocks, size = layout.batch, layout.n_blocks, layout.size
+        own = torch.arange(n_blocks, device=k.device).expand(batch, n_blocks)[..., None]  # [B, nq, 1]
+        n_pick = 0 if importance is None else min(self.top_blocks - 1, n_blocks - 1)
         if n_pick > 0:
-            with torch.no_grad():
-                top, picked = importance.topk(n_pick, dim=-1)  # [B, H, nq, n-1]
+            top, picked = importance.topk(n_pick, dim=-1)  # [B, nq, n-1]
             slots = torch.cat([picked, own], -1)
-            slot_ok = torch.cat([top > float("-inf"), torch.ones_like(own, dtype=torch.bool)], -1)
+            slot_ok = torch.cat([top >= 0, torch.ones_like(own, dtype=torch.bool)], -1)
         else:
             slots, slot_ok = own, torch.ones_like(own, dtype=torch.bool)
-        n_slots = slots.shape[-1]  # [B, H, nq, ns]
+        n_slots = slots.shape[-1]
+        index = layout.block_index(slots)  # [B, nq, ns]
 
-        def gathered(x):  # [B, L, H, dh] -> [B*H, nq, ns*l, dh], the items of each query block's slots
-            x = pad_length(x, padded).view(batch, n_query_blocks, size, heads, dim).permute(0, 3, 1, 2, 4)
-            rows = (torch.arange(batch * heads, device=x.device).view(batch, heads, 1, 1) * n_query_blocks + slots).flatten()
-            return x.reshape(-1, size * dim).index_select(0, rows).view(batch * heads, n_query_blocks, n_slots * size, dim)
+        def gathered(x):  # [N, H, dh] -> [B*nq, H, ns*l, dh]; rows of a contiguous [N/l, l*d] view: fast copies
+            picked_items = x.view(-1, size * self.hidden_size)[index]  # [B, nq, ns, l*d]
+            return picked_items.view(batch * n_blocks, n_slots * size, *x.shape[1:]).transpose(1, 2)
 
-        item_real = pad_length(real, padded).view(batch, n_query_blocks, size)
-        key_real = item_real[torch.arange(batch, device=q.device).view(batch, 1, 1, 1), slots]  # [B, H, nq, ns, l]
-        key_ok = (key_real & slot_ok[..., None]).view(batch * heads, n_query_blocks, 1, n_slots * size)
-        visible = key_ok & selected_slots_mask(size, n_slots, q.device)  # [B*H, nq, l, ns*l]
-        queries = pad_length(q, padded).view(batch, n_query_blocks, size, heads, dim).permute(0, 3, 1, 2, 4)
-        out = self._attend(queries.reshape(batch * heads, n_query_blocks, size, dim), gathered(k), gathered(v), visible)
-        return out.view(batch, heads, padded, dim).transpose(1, 2)[:, :length]
+        key_ok = flat_real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
+        visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, k.device)
+        return self._attend(q_blocks, gathered(k), gathered(v), visible)  # visible [B*nq, 1, l, ns*l]
 
-    def _sparse(self, hidden, q, kv: Dict[str, tuple], real, gate_override) -> torch.Tensor:
-        """Gated sum of the branches, ``[B, L, H, dh]``."""
-        outputs = {}
+    def _sparse(self, hidden, real, gate_override) -> torch.Tensor:
+        """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
+        batch, length, _ = hidden.shape
+        window = self.window_size if "window" in self.branches else 0
+        layout = BlockLayout(batch, length, self.block_size, window)
+        flat_real, flat_hidden = layout.flatten(real), layout.flatten(hidden)  # [N], [N, d]
+        q, kv = self._project(flat_hidden)  # [N, H, dh] each
+        q_blocks = layout.rows(q).flatten(0, 1).transpose(1, 2)  # [B*nq, H, l, dh]
+        blocked = (layout.batch, layout.n_blocks, self.n_heads, layout.size, self.head_dim)
+        outputs = {}  # each [B, nq, H, l, dh]
         if "window" in self.branches:
-            outputs["window"] = self._window(q, *kv["window"], real)
+            outputs["window"] = self._window(layout, q_blocks, *kv["window"], flat_real).view(blocked)
         importance = None
-        if "block" in kv:
-            k_cmp, v_cmp, valid = self._compress(*kv["block"], real)
+        if "block" in self.key_value:
+            k_cmp, v_cmp, valid = self._compress(layout, flat_hidden, layout.rows(flat_real))
             if "block" in self.branches:
-                outputs["block"] = self._block(q, k_cmp, v_cmp, valid)
-            if "select" in self.branches and k_cmp.shape[2] > 0:
+                q_rows = layout.rows(q).flatten(1, 2).transpose(1, 2)  # [B, H, nq*l, dh]
+                out = self._block(layout, q_rows, k_cmp, v_cmp, valid)
+                outputs["block"] = out.unflatten(2, (layout.n_blocks, layout.size)).transpose(1, 2)
+            if "select" in self.branches:
                 with torch.no_grad():
-                    importance = self._block_importance(q, k_cmp, valid)
+                    importance = self._importance(layout, q, k_cmp, valid)
         if "select" in self.branches:
-            outputs["select"] = self._select(q, *kv["select"], real, importance)
-        gates = self.gate(hidden)  # [B, L, H, n_branches]
-        combined = 0
+            outputs["select"] = self._select(layout, q_blocks, *kv["select"], flat_real, importance).view(blocked)
+
+        gates = self.gate(pad_length(hidden, layout.padded))  # [B, nq*l, H, n_branches]
+        gates = gates.unflatten(1, (layout.n_blocks, layout.size)).transpose(2, 3)  # [B, nq, H, l, n_branches]
+        combined = None
         for i, branch in enumerate(self.branches):
             gate = gates[..., i, None]
             if gate_override and branch in gate_override:
                 gate = torch.full_like(gate, float(gate_override[branch]))
-            combined = combined + gate * outputs[branch]
-        return combined
+            term = gate * outputs[branch]
+            combined = term if combined is None else combined + term
+        return combined.transpose(2, 3).reshape(batch, layout.padded, self.hidden_size)[:, :length]
 
     def forward(self, hidden: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
                 gate_override: Optional[Dict[str, float]] = None) -> torch.Tensor:
-        batch, length, _ = hidden.shape
         real = None if key_padding_mask is None else key_padding_mask.bool()
-        q, kv = self._project(hidden)
         if self.attention == "dense":
-            context = self._dense(q, *kv["dense"], real)
-        else:
-            if real is None:
-                real = torch.ones(batch, length, dtype=torch.bool, device=hidden.device)
-            context = self._sparse(hidden, q, kv, real, gate_override)
-        return self.out(context.reshape(batch, length, self.hidden_size))
+            return self.out(self._dense(hidden, real))
+        if real is None:
+            real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return self.out(self._sparse(hidden, real, gate_override))
 
 
 # ----- encoder stack ------------------------------------------------------------------------------
