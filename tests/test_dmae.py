@@ -107,7 +107,7 @@ def test_lite_score_is_the_readout_of_the_histogram_interest(tiny_config):
 
 
 def _explicit_fusion(fusion, scaled, index, time, behaviour, user, valid):
-    """MIFU written out literally: f_j = sum_m beta_m e_m + c * e_1 * e_2, z = sum_j a_j f_j."""
+    """MIFU written out literally: f_j = sum_m beta_m e_m + c * s_1 * s_2 (s_m = r_m BucketEmb[k_m]), z = sum_j a_j f_j."""
     interests = fusion.encoder(scaled, index, time)  # [B, C, L, M, d]
     if not fusion.mifu:
         share = valid / valid.sum(1, keepdim=True)
@@ -115,7 +115,8 @@ def _explicit_fusion(fusion, scaled, index, time, behaviour, user, valid):
     batch, length, hidden = behaviour.shape
     queries = fusion.modality_query(behaviour).view(batch, 1, length, 2, hidden)
     beta = torch.softmax((interests * queries).sum(-1) * fusion.scale, -1)
-    fused = (beta.unsqueeze(-1) * interests).sum(-2) + fusion.cross * interests[..., 0, :] * interests[..., 1, :]
+    similarity_parts = interests - fusion.encoder.time_embedding(time)[:, None, :, None, :]
+    fused = (beta.unsqueeze(-1) * interests).sum(-2) + fusion.cross * similarity_parts[..., 0, :] * similarity_parts[..., 1, :]
     key = (fusion.behaviour_key(behaviour) + fusion.user_key(user).unsqueeze(1)).unsqueeze(1)
     logits = ((fused * key).sum(-1) * fusion.scale).masked_fill(~valid.unsqueeze(1), -torch.inf)
     return (torch.softmax(logits, -1).unsqueeze(-1) * fused).sum(-2)

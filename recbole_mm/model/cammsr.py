@@ -12,7 +12,7 @@ from torch import nn
 
 from recbole_mm.model.abstract import MultimodalSequentialRecommender
 from recbole_mm.model.layers.dyt import make_norm, norm_factory
-from recbole_mm.model.layers.moe import ModalityMixture, category_loss, info_nce, swap_pool
+from recbole_mm.model.layers.moe import ModalityMixture, category_loss, info_nce, select, swap_pool
 from recbole_mm.model.layers.transformer import TransformerEncoder
 
 
@@ -74,7 +74,7 @@ class CAMMSR(MultimodalSequentialRecommender):
         self.id_dropout_prob = config["id_dropout_prob"] or 0.0
         self.synergy_experts = config["synergy_experts"]
         self.gating = config["gating"]
-        self.use_category_prior = bool(config["category_prior"])
+        self.use_category_prior = bool(config["category_prior"]) and self.gating == "attentive"  # a mean gate has no logits
         self.cat_weight = float(config["cat_weight"] or 0.0)
         self.cl_weight = float(config["cl_weight"] or 0.0)
         self.cl_temperature = config["cl_temperature"]
@@ -184,12 +184,7 @@ class CAMMSR(MultimodalSequentialRecommender):
             labelled = labelled[labelled > 0]
             losses.append(self.cat_weight * self.category_loss(mixture.mixed[rows[labelled]], labelled))
         if self.cl_weight > 0:
-            swapped = torch.where(
-                self.swap_positions(item_seq, item_seq_len).unsqueeze(-1),
-                self.mixture.swapped(mixture, self.swap_pool)[rows[item_seq]],
-                mixture.mixed[rows[item_seq]],
-            )
-            swapped_user = self.encode(swapped, item_seq, item_seq_len, times)
+            swapped_user = self.encode(self.swapped_sequence(mixture, rows, item_seq, item_seq_len), item_seq, item_seq_len, times)
             losses.append(self.cl_weight * info_nce(user, swapped_user, self.cl_temperature))
         return tuple(losses) if len(losses) > 1 else losses[0]
 
@@ -222,6 +217,13 @@ class CAMMSR(MultimodalSequentialRecommender):
     def category_loss(self, item_vectors: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Unweighted auxiliary category-prediction loss of ``item_ids`` from their mixed vectors."""
         return category_loss(self.category_head(item_vectors), self.item_categories[item_ids], self.category_multilabel)
+
+    def swapped_sequence(self, mixture, rows, item_seq, item_seq_len) -> torch.Tensor:
+        """Item vectors ``[B, L, d]`` of the modality-swapped view: swapped at :meth:`swap_positions`,
+        original elsewhere (the swap is computed for the sequences' distinct items only)."""
+        distinct, inverse = torch.unique(item_seq, return_inverse=True)
+        swapped = self.mixture.swapped(select(mixture, rows[distinct]), self.swap_pool)[inverse]
+        return torch.where(self.swap_positions(item_seq, item_seq_len).unsqueeze(-1), swapped, mixture.mixed[rows[item_seq]])
 
     def swap_positions(self, item_seq: torch.Tensor, item_seq_len: torch.Tensor) -> torch.Tensor:
         """Bool ``[B, L]``: valid positions drawn with ``swap_rate``; a sequence that drew none swaps

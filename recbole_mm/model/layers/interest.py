@@ -325,15 +325,16 @@ class BehaviourFusion(nn.Module):
     With MIEU's ``e_m(c, j) = r_m BucketEmb[k_m] + TimeEmb[t_j]`` (``r_m`` = ``r_hat``):
 
     1. Cross fusion per behaviour: modality weights ``beta_m = softmax_m(<Q_m q_j, e_m> / sqrt d)``
-       chosen by the behaviour context ``q_j`` (ID + click time), plus an element-wise cross term:
-       ``f_j = sum_m beta_m e_m + c * sum_{m<m'} e_m * e_m'``.
+       chosen by the behaviour context ``q_j`` (ID + click time), plus an element-wise cross term of
+       the similarity parts ``s_m = r_m BucketEmb[k_m]`` (e.g. "title close AND genres far"):
+       ``f_j = sum_m beta_m e_m + c * sum_{m<m'} s_m * s_m'``.
     2. Pooling to the candidate: ``a_j = softmax_j(<K q_j + U u, f_j> / sqrt d)``, ``z = sum_j a_j f_j``.
 
-    Computed exactly but without ever building ``e`` or ``f`` (``[B, C, L, M, d]``): expanding the
-    products, every inner product is a lookup in a small per-user table (behaviour x bucket, behaviour
-    x bucket pair) scaled by the ``r_m``, and ``z`` is a sum of weighted histograms (over buckets,
-    bucket pairs, bucket x time, time) times fixed tables. tests/test_dmae.py checks it against the
-    literal formula. ``mifu=False``: ``f_j`` = mean over modalities, ``z`` = mean over the history.
+    Computed exactly but without ever building ``e`` or ``f`` (``[B, C, L, M, d]``): every inner
+    product is a lookup in a small per-user table (behaviour x bucket, behaviour x bucket pair) scaled
+    by the ``r_m``, and ``z`` is a sum of weighted histograms (over buckets, bucket pairs, click time)
+    times fixed tables. tests/test_dmae.py checks it against the literal formula.
+    ``mifu=False``: ``f_j`` = mean over modalities, ``z`` = mean over the history.
     """
 
     def __init__(self, encoder: InterestEncodingUnit, hidden_size: int, mifu: bool = True):
@@ -362,13 +363,15 @@ class BehaviourFusion(nn.Module):
         beta = torch.softmax(self._dot(queries, scaled, rows, times) * self.scale, -1)  # [B, C, L, M]
         key = self.behaviour_key(behaviour) + self.user_key(user).unsqueeze(1)  # [B, L, d]
         logits = (beta * self._dot(key.unsqueeze(2).expand_as(queries), scaled, rows, times)).sum(-1)
-        if self.pairs:
-            logits = logits + self._cross_logits(key * self.cross, scaled, index, rows, times)
+        for first, second, pair in self._pair_cells(index):  # <K * c, s_m * s_m'>
+            table = (key * self.cross) @ self._bucket_products(first, second).t()  # [B, L, n_bins^2]
+            logits = logits + scaled[..., first] * scaled[..., second] * per_user_lookup(table, pair)
         alpha = torch.softmax(masked_logits(logits * self.scale, valid.unsqueeze(1)), -1)  # [B, C, L]
         time_mass = self._time_mass(alpha, time_bucket)  # sum_m beta_m = 1: each behaviour's time vector counts once
         interest = self._bucket_sum(alpha.unsqueeze(-1) * beta * scaled, rows) + time_mass @ self.encoder.time_embedding.weight
-        if self.pairs:
-            interest = interest + self.cross * self._cross_sum(alpha, scaled, index, rows, time_bucket, time_mass)
+        for first, second, pair in self._pair_cells(index):  # c * sum_j a_j s_m * s_m'
+            mass = alpha * scaled[..., first] * scaled[..., second]
+            interest = interest + self.cross * (weighted_histogram(pair, mass, self.encoder.n_bins**2) @ self._bucket_products(first, second))
         return interest
 
     def _dot(self, vectors, scaled, rows, times) -> torch.Tensor:
@@ -383,33 +386,9 @@ class BehaviourFusion(nn.Module):
         rows = table[first * n_bins : (first + 1) * n_bins].unsqueeze(1) * table[second * n_bins : (second + 1) * n_bins]
         return rows.flatten(0, 1)
 
-    def _cross_logits(self, crossed_key, scaled, index, rows, times) -> torch.Tensor:
-        """``<K * c, sum_{m<m'} e_m * e_m'>`` ``[B, C, L]``, each product expanded into its four terms."""
-        n_bins, n_rows = self.encoder.n_bins, self.encoder.bucket_embedding.num_embeddings
-        with_time = (crossed_key * times) @ self.encoder.bucket_embedding.weight.t()  # [B, L, rows]
-        with_time = with_time.unsqueeze(2).expand(-1, -1, self.n_modalities, n_rows)
-        total = (self.n_modalities - 1) * (scaled * per_user_lookup(with_time, rows)).sum(-1)
-        total = total + len(self.pairs) * (crossed_key * times * times).sum(-1).unsqueeze(1)
-        for first, second in self.pairs:
-            table = crossed_key @ self._bucket_products(first, second).t()  # [B, L, n*n]
-            pair = index[..., first] * n_bins + index[..., second]
-            total = total + scaled[..., first] * scaled[..., second] * per_user_lookup(table, pair)
-        return total
-
-    def _cross_sum(self, alpha, scaled, index, rows, time_bucket, time_mass) -> torch.Tensor:
-        """``sum_j a_j sum_{m<m'} e_m * e_m'`` ``[B, C, d]`` from histograms over the expanded terms."""
-        n_bins, embedding = self.encoder.n_bins, self.encoder.bucket_embedding.weight
-        time_table = self.encoder.time_embedding.weight
-        n_time = time_table.shape[0]
-        total = len(self.pairs) * time_mass @ (time_table * time_table)
-        row_time = (rows * n_time + time_bucket[:, None, :, None]).flatten(2)  # [B, C, L*M]
-        mass = ((self.n_modalities - 1) * alpha.unsqueeze(-1) * scaled).flatten(2)
-        total = total + weighted_histogram(row_time, mass, embedding.shape[0] * n_time) @ (embedding.unsqueeze(1) * time_table).flatten(0, 1)
-        for first, second in self.pairs:
-            pair = index[..., first] * n_bins + index[..., second]
-            mass = alpha * scaled[..., first] * scaled[..., second]
-            total = total + weighted_histogram(pair, mass, n_bins * n_bins) @ self._bucket_products(first, second)
-        return total
+    def _pair_cells(self, index):
+        """``(m, m', joint bucket k_m * n_bins + k_m')`` for every modality pair, cells ``[B, C, L]``."""
+        return [(first, second, index[..., first] * self.encoder.n_bins + index[..., second]) for first, second in self.pairs]
 
     def _bucket_sum(self, weights, rows) -> torch.Tensor:
         """``sum_{j,m} w_{j,m} BucketEmb[row_{j,m}]`` ``[B, C, d]`` for weights ``[B, C, L, M]``."""

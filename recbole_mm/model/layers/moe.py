@@ -118,6 +118,11 @@ class ModalityMixture(nn.Module):
         return logits.masked_fill(~available, float("-inf")).softmax(dim=-1)
 
 
+def select(mixture: Mixture, index: torch.Tensor) -> Mixture:
+    """The mixture of the items at ``index`` (rows of a mixture over a 1-D item list)."""
+    return Mixture(*(field[index] for field in mixture[:4]), [source[index] for source in mixture.sources])
+
+
 def mix(weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
     """``sum_k weights_k * experts_k``: ``[..., K]`` x ``[..., K, d]`` -> ``[..., d]``."""
     return (weights.unsqueeze(-1) * experts).sum(-2)

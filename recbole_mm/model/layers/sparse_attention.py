@@ -100,11 +100,11 @@ def pad_length(x: torch.Tensor, length: int) -> torch.Tensor:
 
 
 class BlockLayout:
-    """Where items sit once the batch is flattened: ``front`` padding items, then ``B`` rows of ``nq*l``.
+    """The batch as blocks: rows padded to ``nq`` whole blocks of ``l``, flattened to ``M = B*nq*l`` items.
 
-    Rows are padded to whole blocks; ``front >= w`` (a whole number of blocks, so blocks stay aligned)
-    lets the first window of the first row look back ``w`` items. Every branch then works on views of
-    one ``[N, ...]`` projection, ``N = front + B*nq*l``: windows are an ``unfold``, blocks a ``view``.
+    Flat block ``m`` is block ``m % nq`` of row ``m // nq``, so every branch works on views of
+    ``[M, ...]`` tensors: query blocks and selectable blocks are a ``view``; windows an ``unfold`` of the
+    flat items with ``w`` zero items put in front (the first window of the first row looks back ``w``).
     """
 
     def __init__(self, batch: int, length: int, block_size: int, window: int):
@@ -112,26 +112,22 @@ class BlockLayout:
         self.n_blocks = -(-length // block_size)  # nq
         self.padded = self.n_blocks * block_size  # items per row
         self.window = min(window, length)  # a window >= L is plain causal attention
-        self.front = -(-self.window // block_size) * block_size
-        self.total = self.front + batch * self.padded  # N
 
     def flatten(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...] -> [N, ...]``, zero/False in the padding."""
-        x = pad_length(x, self.padded)
-        return torch.cat([x.new_zeros((self.front, *x.shape[2:])), x.flatten(0, 1)])
+        """``[B, L, ...] -> [M, ...]``, zero/False in the padding."""
+        return pad_length(x, self.padded).flatten(0, 1)
 
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, ...] -> [B, nq, l, ...]`` (a view, the front padding dropped)."""
-        return x[self.front:].view(self.batch, self.n_blocks, self.size, *x.shape[1:])
+    def with_front(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[M, ...] -> [w + M, ...]``: ``w`` zero/False items in front, for :meth:`windows`."""
+        return torch.cat([flat.new_zeros((self.window, *flat.shape[1:])), flat])
 
-    def windows(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, ...] -> [B*nq, ..., w+l]``: items ``c*l-w .. c*l+l-1`` for every query block (an unfold view)."""
-        return x[self.front - self.window:].unfold(0, self.window + self.size, self.size)
+    def windows(self, fronted: torch.Tensor) -> torch.Tensor:
+        """``[w + M, ...] -> [B*nq, ..., w+l]``: items ``c*l-w .. c*l+l-1`` of every query block (a view)."""
+        return fronted.unfold(0, self.window + self.size, self.size)
 
     def block_index(self, slots: torch.Tensor) -> torch.Tensor:
-        """Block numbers ``[B, nq, ns]`` within a row -> indices into ``[N/l]`` blocks of the flat layout."""
-        row_start = torch.arange(self.batch, device=slots.device)[:, None, None] * self.n_blocks
-        return self.front // self.size + row_start + slots
+        """Block numbers ``[B, nq, ns]`` within a row -> flat block numbers ``b*nq + slot``."""
+        return torch.arange(self.batch, device=slots.device)[:, None, None] * self.n_blocks + slots
 
 
 # ----- parameterised parts ------------------------------------------------------------------------
@@ -170,6 +166,31 @@ class BlockCompressor(nn.Module):
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         return (blocks * self.position_weight).sum(-2)
+
+
+class GatedSum(torch.autograd.Function):
+    """``sum_b gates[..., b, None] * outputs[b]``: gates ``[..., H, n_branches]``, outputs ``[..., H, dh]`` each.
+
+    The same maths as autograd on ``g * o + ...``, without its per-branch temporaries: a memory-bound step
+    that otherwise costs as much as a branch's attention on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, gates, *outputs):
+        ctx.save_for_backward(gates, *outputs)
+        total = outputs[0] * gates[..., 0, None]
+        for i, out in enumerate(outputs[1:], 1):
+            total.addcmul_(out, gates[..., i, None])
+        return total
+
+    @staticmethod
+    def backward(ctx, grad):
+        gates, *outputs = ctx.saved_tensors
+        grad_gates = None
+        if ctx.needs_input_grad[0]:
+            grad_gates = torch.stack([torch.linalg.vecdot(grad, out) for out in outputs], -1)
+        grad_outputs = [grad * gates[..., i, None] if ctx.needs_input_grad[i + 1] else None for i in range(len(outputs))]
+        return (grad_gates, *grad_outputs)
 
 
 # ----- the layer ----------------------------------------------------------------------------------
@@ -225,93 +246,87 @@ class SparseAttentionAlignment(nn.Module):
 
     # ----- projections and the shared attention call ----------------------------------------------
 
-    def _project(self, hidden: torch.Tensor):
-        """Query and per-item keys/values ``[..., H, dh]``, each its own contiguous tensor: ``q, {name: (k, v)}``.
+    def _heads(self, hidden, weight, bias) -> torch.Tensor:
+        """``Linear`` then split into heads: ``[..., d] -> [..., H, dh]`` (contiguous)."""
+        return F.linear(hidden, weight, bias).unflatten(-1, (self.n_heads, self.head_dim))
 
-        Separate matmuls rather than one fused one: gathers and unfolds then read contiguous memory, and
-        backward needs no stacking of the parts. The block branch projects pooled blocks (:meth:`_compress`).
-        """
-
-        def project(weight, bias):
-            return F.linear(hidden, weight, bias).unflatten(-1, (self.n_heads, self.head_dim))
-
-        d = self.hidden_size
-        kv = {
-            name: (project(lin.weight[:d], lin.bias[:d]), project(lin.weight[d:], lin.bias[d:]))
-            for name, lin in self.key_value.items()
-            if name != "block"
-        }
-        return project(self.query.weight, self.query.bias), kv
+    def _key_value(self, name: str, hidden: torch.Tensor):
+        """The branch's keys and values ``[..., H, dh]``, as two matmuls so each is its own contiguous tensor
+        (gathers and unfolds read contiguous memory; backward needs no re-stacking of a fused output)."""
+        linear, d = self.key_value[name], self.hidden_size
+        return self._heads(hidden, linear.weight[:d], linear.bias[:d]), self._heads(hidden, linear.weight[d:], linear.bias[d:])
 
     def _attend(self, q, k, v, visible):
-        """SDPA with a boolean mask; query rows that see no key return exactly 0 (never NaN, on any backend).
+        """SDPA with a boolean mask; also returns ``seen [..., Lq, 1]``: whether a query row sees any key.
 
-        Such rows are let to attend everywhere (finite maths, finite gradients) and then zeroed.
+        Rows that see nothing attend to every key instead (finite maths and gradients on any backend);
+        the caller zeroes them, for the sparse branches through the (much smaller) gate.
         """
-        empty = ~visible.any(-1, keepdim=True)
+        seen = visible.any(-1, keepdim=True)
         dropout = self.attn_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible | empty, dropout_p=dropout)
-        return out.masked_fill(empty, 0.0)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout), seen
 
     # ----- dense ablation -----------------------------------------------------------------------------
 
     def _dense(self, hidden, real: Optional[torch.Tensor]) -> torch.Tensor:
         """Plain causal SDPA, ``[B, L, d]`` before the output projection."""
-        q, kv = self._project(hidden)
-        q, k, v = (x.transpose(1, 2) for x in (q, *kv["dense"]))  # [B, H, L, dh]
+        q = self._heads(hidden, self.query.weight, self.query.bias)
+        q, k, v = (x.transpose(1, 2) for x in (q, *self._key_value("dense", hidden)))  # [B, H, L, dh]
         if real is None:
             dropout = self.attn_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             visible = causal_mask(q.shape[2], q.device) & real[:, None, None, :]  # [B, 1, L, L]
-            out = self._attend(q, k, v, visible)
+            out, seen = self._attend(q, k, v, visible)
+            out = out.masked_fill(~seen, 0.0)
         return out.transpose(1, 2).flatten(2)
 
-    # ----- sparse branches (flat layout, see BlockLayout) ---------------------------------------------
+    # ----- sparse branches (flat block layout, see BlockLayout) ---------------------------------------
+    # Each returns (out [B*nq, H, l, dh] or [B, H, nq*l, dh], seen [..., l or nq*l, 1]).
 
-    def _window(self, layout: BlockLayout, q_blocks, k, v, flat_real) -> torch.Tensor:
-        """Keys in ``(t - w, t]``: each query block against the ``w + l`` items ending with it. ``[B*nq, H, l, dh]``."""
+    def _window(self, layout: BlockLayout, q_blocks, hidden, real):
+        """Keys in ``(t - w, t]``: each query block against the ``w + l`` items ending with it."""
         n_keys = layout.window + layout.size
-        key_real = layout.windows(flat_real).view(layout.batch, layout.n_blocks, n_keys)
-        key_ok = key_real & same_row_mask(layout.n_blocks, layout.size, layout.window, k.device)
-        visible = key_ok.view(-1, 1, 1, n_keys) & window_band_mask(layout.size, layout.window, k.device)
-        keys, values = (layout.windows(x).transpose(-1, -2) for x in (k, v))  # [B*nq, H, w+l, dh]
-        return self._attend(q_blocks, keys, values, visible)  # visible [B*nq, 1, l, w+l]
+        keys, values = (layout.windows(x).transpose(-1, -2) for x in self._key_value("window", layout.with_front(hidden)))
+        key_real = layout.windows(layout.with_front(real)).view(layout.batch, layout.n_blocks, n_keys)
+        key_ok = key_real & same_row_mask(layout.n_blocks, layout.size, layout.window, real.device)
+        visible = key_ok.view(-1, 1, 1, n_keys) & window_band_mask(layout.size, layout.window, real.device)
+        return self._attend(q_blocks, keys, values, visible)  # keys [B*nq, H, w+l, dh], visible [B*nq, 1, l, w+l]
 
-    def _compress(self, layout: BlockLayout, flat_hidden, real_blocks):
+    def _compress(self, layout: BlockLayout, hidden, real):
         """Keys/values of every block, ``[B, nq, H, dh]`` each, and ``valid [B, nq]``.
 
         Padded items are zeroed first so they cannot leak into a partly padded (left-padded) block; a
         block counts if it holds at least one real item. Only blocks complete at ``t`` are ever shown
         to query ``t``, so the last, possibly partial, block of a row is never used early.
         """
-        pooled = self.compress(layout.rows(flat_hidden) * real_blocks[..., None])  # [B, nq, d]
-        k_cmp, v_cmp = self.key_value["block"](pooled).unflatten(-1, (2, self.n_heads, self.head_dim)).unbind(2)
+        real_blocks = real.view(layout.batch, layout.n_blocks, layout.size)
+        blocks = hidden.view(layout.batch, layout.n_blocks, layout.size, -1) * real_blocks[..., None]
+        k_cmp, v_cmp = self._key_value("block", self.compress(blocks))  # pooled [B, nq, d]
         return k_cmp, v_cmp, real_blocks.any(-1)
 
-    def _block(self, layout: BlockLayout, q_rows, k_cmp, v_cmp, valid) -> torch.Tensor:
-        """Attention over compressed complete blocks, ``[B, H, nq*l, dh]`` (0 before the first complete block)."""
+    def _block(self, layout: BlockLayout, q_rows, k_cmp, v_cmp, valid):
+        """Attention over compressed complete blocks (rows before the first complete block see nothing)."""
         visible = complete_block_mask(layout.padded, layout.n_blocks, layout.size, q_rows.device)
         visible = visible & valid[:, None, None, :]  # [B, 1, nq*l, nq]
         return self._attend(q_rows, k_cmp.transpose(1, 2), v_cmp.transpose(1, 2), visible)
 
-    def _importance(self, layout: BlockLayout, q, k_cmp, valid) -> torch.Tensor:
+    def _importance(self, layout: BlockLayout, q_first, k_cmp, valid) -> torch.Tensor:
         """Block importance ``[B, nq, nq]`` for selection; ``-1`` marks non-candidates.
 
         The block branch's attention probabilities at each query block's *first* query (the latest
         position all the block's queries may depend on) over the earlier blocks, summed over heads:
         NSA sums them over the heads sharing a selection, here all heads share one.
         """
-        first = layout.rows(q)[:, :, 0]  # [B, nq, H, dh]
-        scores = torch.einsum("bchd,bkhd->bhck", first, k_cmp) / math.sqrt(self.head_dim)
-        candidate = earlier_block_mask(layout.n_blocks, q.device) & valid[:, None, :]  # [B, nq, nq]
+        scores = torch.einsum("bchd,bkhd->bhck", q_first, k_cmp) / math.sqrt(self.head_dim)  # [B, H, nq, nq]
+        candidate = earlier_block_mask(layout.n_blocks, q_first.device) & valid[:, None, :]  # [B, nq, nq]
         probs = torch.softmax(scores.masked_fill(~candidate[:, None], float("-inf")), -1).nan_to_num(0.0)
         return probs.sum(1).masked_fill(~candidate, -1.0)
 
-    def _select(self, layout: BlockLayout, q_blocks, k, v, flat_real, importance) -> torch.Tensor:
-        """Full-resolution attention to the top blocks + the own block (causally). ``[B*nq, H, l, dh]``."""
+    def _select(self, layout: BlockLayout, q_blocks, hidden, real, importance: Optional[torch.Tensor]):
+        """Full-resolution attention to the top blocks + the own block (causally)."""
         batch, n_blocks, size = layout.batch, layout.n_blocks, layout.size
-        own = torch.arange(n_blocks, device=k.device).expand(batch, n_blocks)[..., None]  # [B, nq, 1]
+        own = torch.arange(n_blocks, device=real.device).expand(batch, n_blocks)[..., None]  # [B, nq, 1]
         n_pick = 0 if importance is None else min(self.top_blocks - 1, n_blocks - 1)
         if n_pick > 0:
             top, picked = importance.topk(n_pick, dim=-1)  # [B, nq, n-1]
@@ -322,49 +337,50 @@ class SparseAttentionAlignment(nn.Module):
         n_slots = slots.shape[-1]
         index = layout.block_index(slots)  # [B, nq, ns]
 
-        def gathered(x):  # [N, H, dh] -> [B*nq, H, ns*l, dh]; rows of a contiguous [N/l, l*d] view: fast copies
+        def gathered(x):  # [M, H, dh] -> [B*nq, H, ns*l, dh], rows of a contiguous [M/l, l*d] view
             picked_items = x.view(-1, size * self.hidden_size)[index]  # [B, nq, ns, l*d]
             return picked_items.view(batch * n_blocks, n_slots * size, *x.shape[1:]).transpose(1, 2)
 
-        key_ok = flat_real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
-        visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, k.device)
-        return self._attend(q_blocks, gathered(k), gathered(v), visible)  # visible [B*nq, 1, l, ns*l]
+        keys, values = (gathered(x) for x in self._key_value("select", hidden))
+        key_ok = real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
+        visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, real.device)
+        return self._attend(q_blocks, keys, values, visible)  # visible [B*nq, 1, l, ns*l]
 
     def _sparse(self, hidden, real, gate_override) -> torch.Tensor:
         """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
         batch, length, _ = hidden.shape
         window = self.window_size if "window" in self.branches else 0
         layout = BlockLayout(batch, length, self.block_size, window)
-        flat_real, flat_hidden = layout.flatten(real), layout.flatten(hidden)  # [N], [N, d]
-        q, kv = self._project(flat_hidden)  # [N, H, dh] each
-        q_blocks = layout.rows(q).flatten(0, 1).transpose(1, 2)  # [B*nq, H, l, dh]
-        blocked = (layout.batch, layout.n_blocks, self.n_heads, layout.size, self.head_dim)
-        outputs = {}  # each [B, nq, H, l, dh]
+        blocked = (batch, layout.n_blocks, layout.size)
+        flat_real, flat_hidden = layout.flatten(real), layout.flatten(hidden)  # [M], [M, d]
+        q = self._heads(flat_hidden, self.query.weight, self.query.bias)  # [M, H, dh]
+        q_blocks = q.view(-1, layout.size, self.n_heads, self.head_dim).transpose(1, 2)  # [B*nq, H, l, dh]
+        outputs = {}
         if "window" in self.branches:
-            outputs["window"] = self._window(layout, q_blocks, *kv["window"], flat_real).view(blocked)
+            outputs["window"] = self._window(layout, q_blocks, flat_hidden, flat_real)
         importance = None
         if "block" in self.key_value:
-            k_cmp, v_cmp, valid = self._compress(layout, flat_hidden, layout.rows(flat_real))
+            k_cmp, v_cmp, valid = self._compress(layout, flat_hidden, flat_real)
             if "block" in self.branches:
-                q_rows = layout.rows(q).flatten(1, 2).transpose(1, 2)  # [B, H, nq*l, dh]
-                out = self._block(layout, q_rows, k_cmp, v_cmp, valid)
-                outputs["block"] = out.unflatten(2, (layout.n_blocks, layout.size)).transpose(1, 2)
+                q_rows = q.view(batch, layout.padded, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, nq*l, dh]
+                outputs["block"] = self._block(layout, q_rows, k_cmp, v_cmp, valid)
             if "select" in self.branches:
                 with torch.no_grad():
-                    importance = self._importance(layout, q, k_cmp, valid)
+                    importance = self._importance(layout, q.view(*blocked, self.n_heads, -1)[:, :, 0], k_cmp, valid)
         if "select" in self.branches:
-            outputs["select"] = self._select(layout, q_blocks, *kv["select"], flat_real, importance).view(blocked)
+            outputs["select"] = self._select(layout, q_blocks, flat_hidden, flat_real, importance)
 
-        gates = self.gate(pad_length(hidden, layout.padded))  # [B, nq*l, H, n_branches]
-        gates = gates.unflatten(1, (layout.n_blocks, layout.size)).transpose(2, 3)  # [B, nq, H, l, n_branches]
-        combined = None
-        for i, branch in enumerate(self.branches):
-            gate = gates[..., i, None]
-            if gate_override and branch in gate_override:
-                gate = torch.full_like(gate, float(gate_override[branch]))
-            term = gate * outputs[branch]
-            combined = term if combined is None else combined + term
-        return combined.transpose(2, 3).reshape(batch, layout.padded, self.hidden_size)[:, :length]
+        # combine in the SDPA outputs' memory layout [B, nq, l, H, dh]; unseen rows are zeroed via the gate
+        gates = self.gate(flat_hidden).view(*blocked, self.n_heads, -1)  # [B, nq, l, H, n_branches]
+        if gate_override:
+            gates = torch.stack([
+                torch.full_like(gates[..., i], float(gate_override[b])) if b in gate_override else gates[..., i]
+                for i, b in enumerate(self.branches)
+            ], -1)
+        seen = torch.stack([outputs[b][1].reshape(*blocked, 1) for b in self.branches], -1)  # [B, nq, l, 1, n_br]
+        branch_outputs = [outputs[b][0].transpose(-3, -2).reshape(*blocked, self.n_heads, -1) for b in self.branches]
+        combined = GatedSum.apply(gates * seen, *branch_outputs)  # [B, nq, l, H, dh]
+        return combined.reshape(batch, layout.padded, self.hidden_size)[:, :length]
 
     def forward(self, hidden: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
                 gate_override: Optional[Dict[str, float]] = None) -> torch.Tensor:
