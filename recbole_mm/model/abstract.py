@@ -32,6 +32,15 @@ class MultimodalSequentialRecommender(SequentialRecommender):
         self.score_chunk_size = int(config["score_chunk_size"] or 0)
         self.modality_dims = self._register_features(dataset)
 
+    TRANSFORMER_KEYS = ("n_layers", "n_heads", "hidden_size", "inner_size", "hidden_dropout_prob",
+                        "attn_dropout_prob", "hidden_act", "layer_norm_eps")
+
+    def read_transformer_keys(self, config) -> None:
+        """Set the SASRec-style encoder keys (``n_layers`` ... ``layer_norm_eps``) as attributes,
+        under RecBole's names, for the models built on a Transformer encoder."""
+        for key in self.TRANSFORMER_KEYS:
+            setattr(self, key, config[key])
+
     # ----- features --------------------------------------------------------------------------
 
     def _register_features(self, dataset) -> Dict[str, int]:

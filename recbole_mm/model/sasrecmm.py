@@ -21,14 +21,7 @@ class SASRecMM(MultimodalSequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
-        self.n_layers = config["n_layers"]
-        self.n_heads = config["n_heads"]
-        self.hidden_size = config["hidden_size"]
-        self.inner_size = config["inner_size"]
-        self.hidden_dropout_prob = config["hidden_dropout_prob"]
-        self.attn_dropout_prob = config["attn_dropout_prob"]
-        self.hidden_act = config["hidden_act"]
-        self.layer_norm_eps = config["layer_norm_eps"]
+        self.read_transformer_keys(config)
         self.fusion = config["fusion"]
         self.projection = config["projection"]
         self.feature_dropout_prob = config["feature_dropout_prob"]

@@ -1,0 +1,69 @@
+"""The per-model benchmark scripts' shared machinery (bench.ablation) and the CAMMSR noise copy."""
+
+import os
+
+import pytest
+
+from recbole_mm.bench import ablation, cammsr, dmae, mufasa
+
+
+def _args(suite, tiny_planted, *extra):
+    planted, data_path = tiny_planted
+    return ablation.parse_args(suite, ["--dataset", "tiny", "--data-path", data_path, "--epochs", "1", "--max-len", "10",
+                                       "--hidden-size", "16", "--threads", "1", *extra])
+
+
+def _tiny_overrides(tiny_config):
+    """The tiny dataset's settings as --set pairs (what a user passes for their own dataset)."""
+    import yaml
+
+    config = tiny_config()
+    keys = ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "modalities", "category_field")
+    return [arg for key in keys for arg in ("--set", f"{key}={yaml.safe_dump(config[key], default_flow_style=True).strip()}")]
+
+
+@pytest.mark.parametrize("suite", [mufasa.SUITE, dmae.SUITE, cammsr.SUITE], ids=lambda suite: suite.name)
+def test_every_variant_config_shares_the_protocol(suite, tiny_planted):
+    args = _args(suite, tiny_planted, "--set", "hidden_dropout_prob=0.3", "--set", "modalities=[text, image]")
+    chosen, profile = ablation.chosen_variants(suite, args)
+    assert [name for name, _, _ in chosen] == list(suite.variants)
+    for name, model, config in chosen:
+        assert (config["MAX_ITEM_LIST_LENGTH"], config["hidden_size"], config["epochs"]) == (10, 16, 1), name
+        assert config["hidden_dropout_prob"] == 0.3
+        for key, value in suite.variants[name][1].items():
+            assert config[key] == value, (name, key)
+    if suite is cammsr.SUITE:
+        single = dict((name, config) for name, _, config in chosen)[cammsr.SINGLE]
+        assert single["modalities"] == ["text"]
+
+
+def test_unknown_variant_is_refused(tiny_planted):
+    with pytest.raises(SystemExit, match="unknown variant"):
+        ablation.chosen_variants(dmae.SUITE, _args(dmae.SUITE, tiny_planted, "--variants", "SASRec,nope"))
+
+
+def test_perturb_categories_changes_the_share_and_leaves_the_rest(tiny_planted, tmp_path):
+    _, data_path = tiny_planted
+    source = os.path.join(data_path, "tiny")
+    changed = cammsr.perturb_categories(source, str(tmp_path / "tiny"), "tiny", "category", 0.25, seed=3)
+    read = lambda folder: open(os.path.join(folder, "tiny.item"), encoding="utf-8").read().splitlines()
+    before, after = read(source), read(str(tmp_path / "tiny"))
+    assert before[0] == after[0] and len(before) == len(after)
+    differing = sum(a != b for a, b in zip(before[1:], after[1:]))
+    assert changed == round(0.25 * (len(before) - 1)) and differing == changed
+    assert os.path.islink(tmp_path / "tiny" / "tiny.inter")  # everything else is linked, not copied
+
+
+def test_suite_runs_and_tables_the_variants(tiny_planted, tiny_config, tmp_path):
+    """Two variants in-process: metrics, speed ratios against SASRec, the noise variant's drop column."""
+    args = _args(cammsr.SUITE, tiny_planted, "--variants", "SASRec,CAMMSR,category noise", "--noise", "0.5", *_tiny_overrides(tiny_config))
+    rows, table = ablation.run_suite(cammsr.SUITE, args, isolate=False)
+    assert all(row["status"] == "ok" for row in rows.values()), rows
+    lines = table.splitlines()
+    assert lines[0].startswith("| variant | Recall@5 | Recall@10 | NDCG@5 | NDCG@10 | train s/epoch | train vs SASRec")
+    sasrec, clean, noisy = lines[2:5]
+    assert "| 1.00x |" in sasrec and sasrec.endswith("| ok |")
+    assert "%" in noisy.split("|")[-3]  # the drop against clean CAMMSR
+    assert "category noise 50%" in table
+    ablation.write_outputs(cammsr.SUITE, str(tmp_path / "out"), rows, table)
+    assert sorted(os.listdir(tmp_path / "out")) == ["cammsr.md", "cammsr_rows.json"]
