@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
@@ -59,6 +60,8 @@ COMMON_OPTIONS = (
     ("--seed", dict(type=int, default=FIRST_SEED)),
     ("--threads", dict(type=int, help="torch threads per run (1 is often fastest on a busy machine)")),
     ("--timeout", dict(type=float, help="seconds before one run is killed and reported failed")),
+    ("--jobs", dict(type=int, default=1, help="variants trained at the same time, each in its own process (speed "
+                                             "ratios are then taken under shared load; use with --threads on a big machine)")),
     ("--set", dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant (yaml value), repeatable")),
     ("--out", dict(help="write rows (JSON) and the table (markdown) into this folder")),
@@ -151,16 +154,24 @@ def write_outputs(suite: AblationSuite, out: str, rows: Dict[str, dict], table: 
 
 
 def run_suite(suite: AblationSuite, args, isolate: bool = True) -> Tuple[Dict[str, dict], str]:
-    """Train every chosen variant; return ``(rows, table)`` (the table ends with the settings line)."""
+    """Train every chosen variant (``args.jobs`` at a time); return ``(rows, table)``, the table
+    ending with the settings line. Rows keep the variants' order whatever order they finish in."""
     chosen, profile = chosen_variants(suite, args)
-    rows = {}
+    jobs = max(1, getattr(args, "jobs", 1) or 1) if isolate else 1  # in-process runs cannot overlap
+
+    def train(name, model, config, data_path):
+        print(f"[{suite.name}-bench] {name}: {model} {json.dumps(suite.variants[name][1])}", file=sys.stderr, flush=True)
+        return run_model(model, args.dataset, config, seed=args.seed, data_path=data_path or args.data_path,
+                         isolate=isolate, max_batches=profile.max_batches, threads=args.threads, timeout=args.timeout)
+
     with tempfile.TemporaryDirectory(prefix=f"{suite.name}_bench_") as scratch:
-        for name, model, config in chosen:
-            data_path = suite.data_path_for(args, name, config, scratch) if suite.data_path_for else None
-            print(f"[{suite.name}-bench] {name}: {model} {json.dumps(suite.variants[name][1])}", file=sys.stderr, flush=True)
-            rows[name] = run_model(model, args.dataset, config, seed=args.seed, data_path=data_path or args.data_path,
-                                   isolate=isolate, max_batches=profile.max_batches, threads=args.threads, timeout=args.timeout)
-    return rows, markdown_table(suite, rows) + f"\n\nSettings: {settings_text(suite, args, profile)}.\n"
+        runs = [(name, model, config, suite.data_path_for(args, name, config, scratch) if suite.data_path_for else None)
+                for name, model, config in chosen]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the runs' child processes
+            futures = {run[0]: pool.submit(train, *run) for run in runs}
+            rows = {name: future.result() for name, future in futures.items()}
+    settings = settings_text(suite, args, profile) + (f", {jobs} variants at a time" if jobs > 1 else "")
+    return rows, markdown_table(suite, rows) + f"\n\nSettings: {settings}.\n"
 
 
 def main(suite: AblationSuite, argv=None) -> int:
