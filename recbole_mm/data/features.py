@@ -3,15 +3,18 @@
 Input per modality: ``<feature_path>/<ds>.<modality>.npy`` + ``.ids`` (see
 :mod:`recbole_mm.data.feature_files`). Output per modality: a float32 matrix ``[n_items, d]`` whose
 row ``i`` belongs to RecBole's internal item id ``i`` (row 0, the padding item, is zero) and a
-boolean mask saying which items really have a vector. Rows of items the dataset does not contain
-are ignored, so they never become candidates. Every defect raises one error naming the file and,
+boolean mask saying which rows a model may use. Items without a row follow ``missing_feature``:
+``zero`` gives a zero row with mask False (the model takes its missing-modality path), ``mean``
+imputes the mean of the matched rows with mask True (the model uses it like a real row), ``error``
+refuses to load. Rows of items the dataset does not contain are ignored, so they never become
+candidates. Every defect raises one error naming the file and,
 where there is one, the row and token.
 """
 
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,7 +22,7 @@ from recbole_mm.data.feature_files import feature_paths, read_ids
 
 MISSING_POLICIES = ("zero", "mean", "error")
 MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024  # memory-map feature files larger than this
-FINITE_CHECK_ROWS = 65536  # rows checked for NaN/Inf per step, bounds the temporary memory
+ROW_BLOCK_BYTES = 16 * 1024 * 1024  # bytes of a feature file read per step: bounds the temporary memory
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +33,10 @@ class ModalityFeatures:
 
     name: str
     matrix: np.ndarray  # [n_items, d] float32, row 0 zero
-    mask: np.ndarray  # [n_items] bool, False for padding and items without a row
+    mask: np.ndarray  # [n_items] bool: the model may use the row (False: padding, items without a row under 'zero')
     source: str
     file_rows: int
+    filled: int = 0  # items without a row that got the mean vector ('mean'); their mask is True
 
     @property
     def dim(self) -> int:
@@ -40,11 +44,12 @@ class ModalityFeatures:
 
     @property
     def matched(self) -> int:
-        return int(self.mask.sum())
+        return int(self.mask.sum()) - self.filled
 
     def summary(self) -> str:
         missing = self.matrix.shape[0] - 1 - self.matched
-        return f"{self.name}: rows {self.file_rows}, matched {self.matched}, missing {missing}, dim {self.dim}"
+        filled = " (mean vector)" if self.filled else ""
+        return f"{self.name}: rows {self.file_rows}, matched {self.matched}, missing {missing}{filled}, dim {self.dim}"
 
 
 def _load_matrix(npy_path: str) -> np.ndarray:
@@ -76,9 +81,32 @@ def _check_tokens(tokens: Sequence[str], ids_path: str, n_rows: int, npy_path: s
         first_row[token] = row
 
 
+def _row_blocks(matrix: np.ndarray) -> Iterator[Tuple[int, np.ndarray]]:
+    """``(first row, block)`` over the rows of ``matrix``, a bounded number of rows at a time.
+
+    A memory-mapped C-order file is read with plain file reads rather than through the mapping:
+    pages read through a mapping stay resident in this process, so one pass over a large file
+    would leave the whole file in its RSS next to the aligned copy.
+    """
+    step = max(1, ROW_BLOCK_BYTES // max(1, matrix.shape[1] * matrix.dtype.itemsize))
+    from_file = isinstance(matrix, np.memmap) and matrix.flags.c_contiguous and matrix.filename
+    handle = open(matrix.filename, "rb") if from_file else None
+    try:
+        for start in range(0, matrix.shape[0], step):
+            rows = min(step, matrix.shape[0] - start)
+            if handle is None:
+                yield start, np.asarray(matrix[start : start + rows])
+                continue
+            handle.seek(matrix.offset + start * matrix.shape[1] * matrix.dtype.itemsize)
+            block = np.fromfile(handle, dtype=matrix.dtype, count=rows * matrix.shape[1])
+            yield start, block.reshape(rows, matrix.shape[1])
+    finally:
+        if handle is not None:
+            handle.close()
+
+
 def _check_finite(matrix: np.ndarray, tokens: Sequence[str], npy_path: str) -> None:
-    for start in range(0, matrix.shape[0], FINITE_CHECK_ROWS):
-        block = np.asarray(matrix[start : start + FINITE_CHECK_ROWS])
+    for start, block in _row_blocks(matrix):
         bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if bad_rows.size:
             row = start + int(bad_rows[0])
@@ -131,16 +159,38 @@ def align_features(
     if missing_feature == "error" and missing_ids.size:
         examples = [str(item_tokens[i]) for i in missing_ids[:5]]
         raise ValueError(f"{source}: {missing_ids.size} dataset items have no row, e.g. tokens {examples} (missing_feature: error)")
-    aligned = np.zeros((len(item_tokens), matrix.shape[1]), dtype=np.float32)
-    item_ids = np.flatnonzero(mask)
-    order = np.argsort(rows[item_ids])  # read the (possibly memory-mapped) file in row order
-    aligned[item_ids[order]] = matrix[rows[item_ids[order]]]
+    aligned = _gather_rows(matrix, rows)
     if normalize:
-        norms = np.linalg.norm(aligned[item_ids], axis=1, keepdims=True)
-        aligned[item_ids] /= np.maximum(norms, 1e-12)
-    if missing_feature == "mean" and missing_ids.size:
-        aligned[missing_ids] = aligned[item_ids].mean(axis=0)
-    return ModalityFeatures(name=name, matrix=aligned, mask=mask, source=source, file_rows=len(file_tokens))
+        _normalize_rows(aligned)
+    filled = 0
+    if missing_feature == "mean" and missing_ids.size:  # imputed: models use the mean like a real row
+        aligned[missing_ids] = aligned.sum(axis=0, dtype=np.float64) / mask.sum()  # unmatched rows are zero
+        mask[missing_ids], filled = True, int(missing_ids.size)
+    return ModalityFeatures(name=name, matrix=aligned, mask=mask, source=source, file_rows=len(file_tokens), filled=filled)
+
+
+def _gather_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``[len(rows), d]`` float32 with row ``i`` = ``matrix[rows[i]]`` (zero where ``rows[i] < 0``).
+
+    One sequential pass over the file in blocks, so the only full-size allocation is the result.
+    """
+    aligned = np.zeros((len(rows), matrix.shape[1]), dtype=np.float32)
+    item_ids = np.flatnonzero(rows >= 0)
+    item_ids = item_ids[np.argsort(rows[item_ids], kind="stable")]  # items in file-row order
+    sorted_rows = rows[item_ids]
+    for start, block in _row_blocks(matrix):
+        low, high = np.searchsorted(sorted_rows, [start, start + block.shape[0]])
+        if high > low:
+            aligned[item_ids[low:high]] = block[sorted_rows[low:high] - start]
+    return aligned
+
+
+def _normalize_rows(matrix: np.ndarray) -> None:
+    """L2-normalise every non-zero row in place, a block at a time (zero rows stay zero)."""
+    step = max(1, ROW_BLOCK_BYTES // (4 * max(1, matrix.shape[1])))
+    for start in range(0, matrix.shape[0], step):
+        block = matrix[start : start + step]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
 
 
 def _per_modality(value, modality: str, key: str):
