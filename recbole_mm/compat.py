@@ -1,7 +1,8 @@
 """Fixes that let RecBole 1.2.1 run on today's numpy, pandas and torch, kept in one place.
 
-RecBole 1.2.1 (Feb 2025) predates numpy 2, pandas 3 copy-on-write and torch's
-``weights_only=True`` default for ``torch.load``. Each fix below is narrow, idempotent, and applied
+RecBole 1.2.1 (Feb 2025) predates numpy 2, pandas 3 copy-on-write, torch's ``weights_only=True``
+default for ``torch.load`` and hyperopt's move to ``numpy.random.Generator``, and its DDP path
+assumes CUDA and folder creation that no other process races. Each fix below is narrow, idempotent, and applied
 by :func:`apply` when ``recbole_mm`` is imported, before anything imports ``recbole.quick_start``.
 Every fix is named in :data:`FIXES`; the environment variable ``RECBOLE_MM_SKIP_FIXES`` (comma
 separated names) leaves chosen fixes out, which is how the tests show each one is needed.
@@ -188,6 +189,155 @@ def fix_checkpoint_loading():
     quick_start_package.load_data_and_model = wrapped
 
 
+# --- torch.distributed on CPU ------------------------------------------------------------------
+
+def _gpu_id_string(gpu_id):
+    """``gpu_id`` as RecBole normalises it: ``(0, 1)`` -> ``"0,1"``, ``0`` -> ``"0"``."""
+    return ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+
+
+def _init_device_with_cpu_ddp(original):
+    """``Config._init_device`` that starts a gloo process group when a DDP run has no CUDA.
+
+    RecBole 1.2.1 (``config/configurator.py:495-508``) always calls
+    ``init_process_group(backend="nccl")``, asserts one ``gpu_id`` per process, puts each rank
+    on ``cuda:<local_rank>`` and calls ``torch.cuda.set_device``: a multi-process run without a
+    GPU cannot start. Single-process runs and DDP runs with CUDA go through RecBole's own code.
+    """
+    if getattr(original, "_recbole_mm_cpu_ddp", False):
+        return original
+
+    @functools.wraps(original)
+    def init_device(self):
+        import torch
+        import torch.distributed as dist
+
+        config = self.final_config_dict
+        config["gpu_id"] = _gpu_id_string(config["gpu_id"])
+        os.environ["CUDA_VISIBLE_DEVICES"] = config["gpu_id"]
+        if "local_rank" not in config or (config["gpu_id"] and torch.cuda.is_available()):
+            return original(self)
+        dist.init_process_group(
+            backend="gloo",
+            rank=config["local_rank"] + config["offset"],
+            world_size=config["world_size"],
+            init_method=f"tcp://{config['ip']}:{config['port']}",
+        )
+        config["device"] = torch.device("cpu")
+        config["single_spec"] = False
+        if config["local_rank"] != 0:  # as RecBole does: only rank 0 logs
+            config.update(state="error", show_progress=False, verbose=False)
+
+    init_device._recbole_mm_cpu_ddp = True
+    return init_device
+
+
+def _ddp_for_any_device(ddp_class):
+    """Build ``DistributedDataParallel`` the way RecBole asks, valid for CPU modules too.
+
+    ``AbstractTrainer.__init__`` (``trainer/trainer.py:62``) passes
+    ``device_ids=[local_rank]``, which torch rejects for a module on the CPU. Non-persistent
+    buffers (data rebuilt from the dataset on every rank, e.g. the plugin's item feature tables)
+    are left out of DDP's buffer broadcast, which would otherwise copy them from rank 0 at
+    every step.
+    """
+    if getattr(ddp_class, "_recbole_mm_any_device", False):
+        return ddp_class
+
+    def build(module, device_ids=None, **kwargs):
+        parameter = next(module.parameters(), None)
+        if parameter is not None and parameter.device.type == "cpu":
+            device_ids = None
+        data_buffers = [
+            f"{prefix}.{name}" if prefix else name
+            for prefix, sub in module.named_modules()
+            for name in sub._non_persistent_buffers_set
+        ]
+        if data_buffers:
+            ddp_class._set_params_and_buffers_to_ignore_for_model(module, data_buffers)
+        return ddp_class(module, device_ids=device_ids, **kwargs)
+
+    build._recbole_mm_any_device = True
+    return build
+
+
+def fix_distributed_cpu():
+    """Let RecBole's own DDP path (``nproc`` / ``world_size`` / ``ip`` / ``port`` / ``offset``) run
+    without CUDA: gloo instead of nccl, CPU device, CPU-valid DDP wrapper. With CUDA nothing
+    changes (nccl, one GPU per process)."""
+    from recbole.config import configurator
+    from recbole.trainer import trainer as trainer_module
+
+    configurator.Config._init_device = _init_device_with_cpu_ddp(configurator.Config._init_device)
+    trainer_module.DistributedDataParallel = _ddp_for_any_device(trainer_module.DistributedDataParallel)
+
+
+def _makedirs_exist_ok(dir_path):
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def fix_ensure_dir_race():
+    """Let several DDP processes create the same folders (``./log``, ``saved/``) at once.
+
+    RecBole's ``utils.ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``; two
+    ranks starting together both see no folder and the slower one dies with ``FileExistsError``.
+    ``ensure_dir`` is imported by name in several RecBole modules, so its code object is swapped for
+    ``os.makedirs(path, exist_ok=True)``, which every one of those names then runs.
+    """
+    from recbole.utils import utils
+
+    utils.ensure_dir.__code__ = _makedirs_exist_ok.__code__
+
+
+# --- hyperopt >= 0.2.7 exhaustive search --------------------------------------------------------
+
+class _NumpyWithGeneratorRandomState:
+    """Stands in for ``numpy`` inside ``recbole.trainer.hyper_tuning``: ``np.random.RandomState(seed)``
+    returns a ``numpy.random.Generator``, which hyperopt's samplers now call (``rng.integers``)."""
+
+    class _Random:
+        def __getattr__(self, name):
+            return getattr(np.random, name)
+
+        @staticmethod
+        def RandomState(seed=None):  # noqa: N802  (the name RecBole calls)
+            return np.random.default_rng(seed)
+
+    def __init__(self):
+        self.random = self._Random()
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _hyperopt_samples_with_generator():
+    """True when the installed hyperopt (>= 0.2.7) samples with ``numpy.random.Generator``."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("hyperopt")
+    except metadata.PackageNotFoundError:
+        return False
+    numbers = tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+    return numbers >= (0, 2, 7)
+
+
+def fix_hyperopt_exhaustive():
+    """Make ``HyperTuning(algo="exhaustive")`` work on hyperopt >= 0.2.7.
+
+    RecBole's ``exhaustive_search`` (``trainer/hyper_tuning.py:121``) draws samples with
+    ``np.random.RandomState(seed)``; hyperopt 0.2.7+ samplers call ``rng.integers`` (a ``Generator``
+    method), so the first trial fails with ``'RandomState' object has no attribute 'integers'``.
+    RecBole's ``random`` and ``bayes`` algorithms pass hyperopt's own Generator and are unaffected.
+    """
+    from recbole.trainer import hyper_tuning
+
+    if not _hyperopt_samples_with_generator():
+        return  # hyperopt absent, or < 0.2.7 (RandomState samplers): RecBole's code is right as it is
+    if not isinstance(hyper_tuning.np, _NumpyWithGeneratorRandomState):
+        hyper_tuning.np = _NumpyWithGeneratorRandomState()
+
+
 # --- quiet imports ------------------------------------------------------------------------------
 
 def quiet_known_warnings():
@@ -213,6 +363,9 @@ FIXES = {
     "pandas_fillna": fix_pandas_fillna,
     "pandas_sequence_lengths": fix_pandas_sequence_lengths,
     "checkpoint_loading": fix_checkpoint_loading,
+    "distributed_cpu": fix_distributed_cpu,
+    "ensure_dir_race": fix_ensure_dir_race,
+    "hyperopt_exhaustive": fix_hyperopt_exhaustive,
 }
 
 

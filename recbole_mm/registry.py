@@ -99,6 +99,13 @@ def _install_config_hook():
     configurator.Config._load_internal_config_dict = load_internal_config_dict
 
 
+def _default_trainer():
+    """The plugin's trainer (resumable checkpoints, named loss faults) for models that name none."""
+    from recbole_mm.trainer import MultimodalTrainer
+
+    return MultimodalTrainer
+
+
 def register_model(name, module_name):
     """Expose one plugin model (and its dataset / trainer classes) to RecBole's lookups."""
     import recbole.data.dataset as dataset_package
@@ -115,9 +122,8 @@ def register_model(name, module_name):
     dataset_class = getattr(model_class, "dataset_class", None)
     if dataset_class is not None:
         setattr(dataset_package, f"{name}Dataset", dataset_class)
-    trainer_class = getattr(model_class, "trainer_class", None)
-    if trainer_class is not None:
-        setattr(trainer_package, f"{name}Trainer", trainer_class)
+    trainer_class = getattr(model_class, "trainer_class", None) or _default_trainer()
+    setattr(trainer_package, f"{name}Trainer", trainer_class)
     _REGISTERED[name] = model_class
     return model_class
 

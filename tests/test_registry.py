@@ -41,7 +41,7 @@ def test_create_dataset_and_trainer_lookup(tiny_config):
     config = Config(model="SASRecMM", dataset="tiny", config_dict=tiny_config())
     dataset = create_dataset(config)
     assert isinstance(dataset, MultimodalSequentialDataset)
-    assert get_trainer(config["MODEL_TYPE"], "SASRecMM").__name__ == "Trainer"
+    assert get_trainer(config["MODEL_TYPE"], "SASRecMM").__name__ == "MultimodalTrainer"  # recbole_mm.trainer
 
 
 def test_stock_run_recbole_without_config_files(tiny_planted, isolated_run):
