@@ -32,7 +32,7 @@ def build(model_name, config_dict, dataset="tiny"):
 def test_nan_in_one_loss_term_is_named(tiny_config):
     """CAMMSR with cl_temperature 0: only the modality-swap InfoNCE term (third) divides by zero."""
     trainer, train_data, valid_data = build("CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
-    with pytest.raises(NonFiniteLossError, match=r"term 3 of 3 \(train_loss3 in the log\) of CAMMSR.calculate_loss, epoch 0, batch 0") as error:
+    with pytest.raises(NonFiniteLossError, match=r"'swap CL', term 3 of 3 \(train_loss3 in the log\) of CAMMSR.calculate_loss, epoch 0, batch 0") as error:
         trainer.fit(train_data, valid_data, saved=False)
     assert isinstance(error.value, ValueError)  # what RecBole's own check raises, so callers still catch it
 
@@ -42,6 +42,19 @@ def test_loss_names_of_the_model_are_used(tiny_config):
     trainer.model.loss_names = ("next-item CE", "category", "modality swap")
     with pytest.raises(NonFiniteLossError, match=r"Training loss is (nan|inf): 'modality swap', term 3 of 3"):
         trainer.fit(train_data, valid_data, saved=False)
+
+
+@pytest.mark.parametrize("model_name, switches", [
+    ("MUFASA", dict(cga_weight=0.1, col_weight=0.0, sim_weight=0.1, dist_weight=0.0)),
+    ("DMAE", dict(dmae_dist_weight=0.0)),
+    ("DMAE", dict(dmae_mode="rerank", dmae_dist_weight=0.1)),
+    ("CAMMSR", dict(cat_weight=0.0, cl_weight=0.1)),
+])
+def test_model_loss_names_match_the_terms(tiny_config, model_name, switches):
+    trainer, train_data, _ = build(model_name, tiny_config(**switches))
+    terms = trainer.model.calculate_loss(next(iter(train_data)))
+    names = trainer.model.loss_names()
+    assert len(names) == (len(terms) if isinstance(terms, tuple) else 1) and len(set(names)) == len(names), names
 
 
 def test_inf_single_loss_is_reported(tiny_config, monkeypatch):

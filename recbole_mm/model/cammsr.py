@@ -164,6 +164,10 @@ class CAMMSR(MultimodalSequentialRecommender):
 
     # ----- training ---------------------------------------------------------------------------
 
+    def loss_names(self):
+        """Names of :meth:`calculate_loss`'s terms, in order (the trainer's NaN/Inf message uses them)."""
+        return ["next-item CE"] + (["category"] if self.cat_weight > 0 else []) + (["swap CL"] if self.cl_weight > 0 else [])
+
     def calculate_loss(self, interaction):
         """``(L_CE, cat_weight * L_cat, cl_weight * L_cl)`` (the active terms; RecBole sums and logs them)."""
         item_seq, item_seq_len = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]

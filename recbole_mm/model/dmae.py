@@ -252,6 +252,10 @@ class DMAE(SASRecMM):
 
     # ----- training ----------------------------------------------------------------------------------
 
+    def loss_names(self):
+        """Names of :meth:`calculate_loss`'s terms, in order (the trainer's NaN/Inf message uses them)."""
+        return ["backbone CE", f"{self.dmae_mode} head CE"] + (["distribution KL"] if self.dist_weight > 0 else [])
+
     def calculate_loss(self, interaction):
         """``(backbone CE, head softmax CE[, dmae_dist_weight * KL])``, logged separately by RecBole."""
         self._step_keep = None  # SASRecMM's ID-dropout draw is per training step

@@ -155,6 +155,10 @@ class MUFASA(MultimodalSequentialRecommender):
             terms["dist"] = mfl.distribution_loss(fused.fused, self.dist_type)
         return terms
 
+    def loss_names(self):
+        """Names of :meth:`calculate_loss`'s terms, in order (the trainer's NaN/Inf message uses them)."""
+        return ["rec"] + self.active_losses()
+
     def calculate_loss(self, interaction):
         """Next-item CE, then each active auxiliary loss times its weight (a tuple RecBole sums and logs)."""
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])
