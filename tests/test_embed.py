@@ -1,8 +1,8 @@
 """recbole_mm.embed: aligned, resumable feature files from tiny random local models (no hub, no download).
 
 The runner, table and MovieLens-cleaning tests need no model; the model tests build a tiny random
-BERT (as a sentence-transformers folder) or CLIP in a temporary folder and are skipped only when
-the ``embed`` extra is not installed.
+BERT (as a sentence-transformers folder), CLIP (transformers and open_clip) or timm ViT in a
+temporary folder and are skipped only when the library (the ``embed`` extra) is not installed.
 """
 
 import json
@@ -302,6 +302,159 @@ def test_image_cli_missing_model(tmp_path, image_folder, capsys):
     with pytest.raises(SystemExit):
         main(["image", "--images", str(image_folder), "--model", str(tmp_path / "no-clip"), "--output", str(tmp_path), "--dataset", "toy"])
     assert "image model folder not found" in capsys.readouterr().err
+
+
+# --- open_clip and timm backends ----------------------------------------------------------------
+
+TINY_OPEN_CLIP = {  # a 20k-parameter CLIP: 32-px images, 2 patches, one block per tower
+    "embed_dim": 8,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 16, "head_width": 8, "patch_size": 16},
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 16, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def open_clip_model(tmp_path_factory):
+    """A random tiny open_clip CLIP saved with torch.save, its architecture as a model config .json."""
+    open_clip = pytest.importorskip("open_clip")
+    import torch
+
+    folder = tmp_path_factory.mktemp("open_clip")
+    (folder / "tiny-clip.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    torch.manual_seed(0)
+    network = open_clip.CLIP(**TINY_OPEN_CLIP).eval()
+    torch.save(network.state_dict(), folder / "tiny.pt")
+    transform = open_clip.image_transform(32, is_train=False)
+
+    def reference(images):
+        with torch.no_grad():
+            return network.encode_image(torch.stack([transform(image) for image in images])).numpy()
+
+    return dict(backend="open_clip", model=str(folder / "tiny.pt"), arch=str(folder / "tiny-clip.json"), dim=8, reference=reference)
+
+
+@pytest.fixture(scope="module")
+def timm_model(tmp_path_factory):
+    """timm's random test_vit (with its classifier, as real checkpoints have it) saved as safetensors."""
+    timm = pytest.importorskip("timm")
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import torch
+
+    folder = tmp_path_factory.mktemp("timm")
+    torch.manual_seed(0)
+    network = timm.create_model("test_vit", pretrained=False).eval()
+    safetensors_torch.save_file(network.state_dict(), str(folder / "model.safetensors"))
+    network.reset_classifier(0)
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(network), is_training=False)
+
+    def reference(images):
+        with torch.no_grad():
+            return network(torch.stack([transform(image) for image in images])).numpy()
+
+    return dict(backend="timm", model=str(folder / "model.safetensors"), arch="test_vit", dim=network.num_features, reference=reference)
+
+
+@pytest.fixture(params=["open_clip", "timm"])
+def backbone(request):
+    return request.getfixturevalue(f"{request.param}_model")
+
+
+def backbone_args(backbone, images, output, *extra, model=None, arch=None):
+    return ["image", "--images", str(images), "--backend", backbone["backend"], "--model", model or backbone["model"], "--model-arch", arch or backbone["arch"],
+            "--output", str(output), "--dataset", "toy", "--device", "cpu", "--no-progress", *extra]
+
+
+def test_backbone_cli_matches_the_library(tmp_path, backbone, image_folder):
+    from PIL import Image
+
+    main(backbone_args(backbone, image_folder, tmp_path / "out", "--batch-size", "2"))
+    ids, matrix = load_output(tmp_path / "out", modality="image")
+    assert ids == ["a", "b", "c"] and matrix.shape == (3, backbone["dim"]) and matrix.dtype == np.float32
+    images = [Image.open(image_folder / f"{name}.png").convert("RGB") for name in ids]
+    np.testing.assert_allclose(matrix, backbone["reference"](images), atol=1e-5)  # the saved weights, not random ones
+    np.testing.assert_array_equal(matrix[1], matrix[2])
+    assert not np.allclose(matrix[0], matrix[1])
+
+    main(backbone_args(backbone, image_folder, tmp_path / "norm", "--normalize", "--float16"))
+    _, normalized = load_output(tmp_path / "norm", modality="image")
+    assert normalized.dtype == np.float16
+    np.testing.assert_allclose(normalized.astype(np.float32), matrix / np.linalg.norm(matrix, axis=1, keepdims=True), atol=1e-3)
+
+
+def test_backbone_cli_resumes_and_is_deterministic(tmp_path, backbone, image_folder, monkeypatch):
+    from recbole_mm.embed.image import ImageEncoder
+
+    args = backbone_args(backbone, image_folder, tmp_path / "out", "--batch-size", "1", "--chunk-size", "1")
+    calls = []
+    original = ImageEncoder.encode
+
+    def flaky(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise RuntimeError("interrupted")
+        return original(self, images)
+
+    monkeypatch.setattr(ImageEncoder, "encode", flaky)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        main(args)  # chunk 0 (a) is saved, chunk 1 (b) failed
+    calls.clear()
+    monkeypatch.setattr(ImageEncoder, "encode", lambda self, images: calls.append(len(images)) or original(self, images))
+    main(args)
+    assert calls == [1, 1]  # only b and c were encoded again
+    resumed = (tmp_path / "out" / "toy.image.npy").read_bytes()
+    main(backbone_args(backbone, image_folder, tmp_path / "fresh"))
+    assert (tmp_path / "fresh" / "toy.image.npy").read_bytes() == resumed
+
+
+def test_backbone_cli_refuses_unusable_checkpoints(tmp_path, backbone, image_folder, capsys):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit):
+        main(backbone_args(backbone, image_folder, tmp_path / "out", model=str(broken)))
+    error = capsys.readouterr().err
+    assert f"cannot load a {backbone['backend']} image model from {broken}" in error and "--model-arch" in error and "Traceback" not in error
+    with pytest.raises(SystemExit):
+        main(backbone_args(backbone, image_folder, tmp_path / "out", arch="no-such-arch"))
+    assert "no-such-arch' is no" in capsys.readouterr().err
+
+
+def test_open_clip_model_folder(tmp_path, open_clip_model, image_folder, capsys):
+    """A folder with open_clip_config.json needs no --model-arch; one without weights is refused."""
+    import shutil
+
+    from PIL import Image
+
+    folder = tmp_path / "tiny-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_OPEN_CLIP, "preprocess_cfg": {}}))
+    args = ["image", "--images", str(image_folder), "--backend", "open_clip", "--model", str(folder), "--output", str(tmp_path / "out"), "--dataset", "toy", "--device", "cpu", "--no-progress"]
+    with pytest.raises(SystemExit):
+        main(args)
+    assert "no weights file" in capsys.readouterr().err
+    shutil.copy(open_clip_model["model"], folder / "open_clip_pytorch_model.bin")
+    main(args)
+    ids, matrix = load_output(tmp_path / "out", modality="image")
+    images = [Image.open(image_folder / f"{name}.png").convert("RGB") for name in ids]
+    np.testing.assert_allclose(matrix, open_clip_model["reference"](images), atol=1e-5)
+
+
+def test_timm_checkpoint_of_another_architecture_is_refused(tmp_path, timm_model, image_folder, capsys):
+    with pytest.raises(SystemExit):
+        main(backbone_args(timm_model, image_folder, tmp_path / "out", arch="test_convnext"))
+    assert "does not fit test_convnext" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["open_clip", "timm"])
+def test_backbone_missing_model_or_arch_says_what_to_give(tmp_path, image_folder, capsys, backend):
+    """Checked before the library is imported, so this runs without open_clip / timm installed."""
+    with pytest.raises(SystemExit):
+        main(["image", "--images", str(image_folder), "--backend", backend, "--model", str(tmp_path / "none.pt"), "--model-arch", "x", "--output", str(tmp_path), "--dataset", "toy"])
+    error = capsys.readouterr().err
+    assert "image model file not found" in error and "--model-arch" in error and "never downloads" in error
+    (tmp_path / "weights.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["image", "--images", str(image_folder), "--backend", backend, "--model", str(tmp_path / "weights.pt"), "--output", str(tmp_path), "--dataset", "toy"])
+    assert f"the {backend} backend needs --model-arch" in capsys.readouterr().err
 
 
 # --- MovieLens builder ---------------------------------------------------------------------------

@@ -4,6 +4,8 @@
         --model all-MiniLM-L6-v2 --output dataset/my-ds --dataset my-ds --modality text --normalize
     python -m recbole_mm.embed image --images covers/ --model ./clip-vit-b32 \
         --output dataset/my-ds --dataset my-ds --modality image --normalize
+    python -m recbole_mm.embed image --images covers/ --backend timm --model resnet50/model.safetensors \
+        --model-arch resnet50.a1_in1k --output dataset/my-ds --dataset my-ds --modality image
     python -m recbole_mm.embed movielens        # rebuilds the bundled dataset/ml-100k-mm
 
 Output: ``<output>/<dataset>.<modality>.npy`` + ``.ids`` (:mod:`recbole_mm.data.feature_files`),

@@ -3,7 +3,8 @@
     python -m recbole_mm.embed text --input FILE --id-column COL (--text-columns COL... | --template T)
                                     --model M --output DIR --dataset DS [--modality text]
     python -m recbole_mm.embed image (--images FOLDER | --input FILE --id-column COL --path-column COL)
-                                     --model DIR --output DIR --dataset DS [--modality image]
+                                     [--backend transformers|open_clip|timm] --model PATH [--model-arch ARCH]
+                                     --output DIR --dataset DS [--modality image]
     python -m recbole_mm.embed movielens [--source DIR] [--output dataset/ml-100k-mm] [--model M]
 
 Common options: --batch-size --chunk-size --device --normalize --float16 --no-progress.
@@ -15,6 +16,7 @@ import sys
 from typing import List, Optional
 
 # The package's __init__ has already switched the Hugging Face libraries to offline mode.
+from recbole_mm.embed.image_models import BACKENDS
 from recbole_mm.embed.offline import ModelNotFoundError
 from recbole_mm.embed.runner import EncodeOptions
 
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(text, "text")
     add_encoding_options(text)
 
-    image = commands.add_parser("image", help="encode local image files with a CLIP image tower")
+    image = commands.add_parser("image", help="encode local image files with a transformers, open_clip or timm model")
     source = image.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of <token>.<ext> files (rows sorted by token)")
     source.add_argument("--input", help="table with an id column and an image path column (rows in table order)")
@@ -60,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--path-column", help="with --input: column with image paths")
     image.add_argument("--image-root", default=None, help="with --input: folder relative paths start from (default: the table's folder)")
     image.add_argument("--sep", default=None, help="field separator of the input (default: ',' for .csv, tab otherwise)")
-    image.add_argument("--model", required=True, help="local folder of a transformers CLIP model (save_pretrained) with its preprocessor config")
+    image.add_argument("--backend", choices=sorted(BACKENDS), default="transformers", help="library that loads and runs the model (default transformers)")
+    image.add_argument("--model", required=True, help="transformers: local folder written by save_pretrained (with preprocessor_config.json); open_clip / timm: local checkpoint file (.safetensors, .bin, .pt, .pth)")
+    image.add_argument("--model-arch", default=None, help="open_clip / timm: the checkpoint's architecture, e.g. ViT-B-32 (or an open_clip model config .json) / resnet50.a1_in1k")
     add_output_options(image, "image")
     add_encoding_options(image)
 
@@ -94,7 +98,7 @@ def run_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
         tokens, paths = images_from_folder(args.images)
     else:
         tokens, paths = images_from_table(args.input, args.id_column, args.path_column, args.image_root, args.sep)
-    encoder = ImageEncoder(args.model, args.device)
+    encoder = ImageEncoder(args.model, args.device, args.backend, args.model_arch)
     embed_images(tokens, paths, encoder, args.output, args.dataset, args.modality, encode_options(args))
 
 

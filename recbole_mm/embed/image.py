@@ -1,10 +1,9 @@
-"""Item images -> feature files, with a CLIP image tower loaded from a local folder.
+"""Item images -> feature files, with an image backbone loaded from local files.
 
-The model folder is one written by transformers' ``save_pretrained``: a ``CLIPModel`` (or any
-model with ``get_image_features``, e.g. SigLIP) or a ``CLIPVisionModelWithProjection``, together
-with its ``preprocessor_config.json``. Preprocessing uses transformers' PIL image processor, so
-torchvision is not needed (open_clip and timm need it, which is why they are not used here).
-Images come from a folder of ``<token>.<ext>`` files or from a table column of paths.
+Backends (:mod:`recbole_mm.embed.image_models`): ``transformers`` (default; a CLIP-style folder
+written by ``save_pretrained``, no torchvision needed), ``open_clip`` (a checkpoint file plus its
+architecture) and ``timm`` (a state dict plus its architecture). Images come from a folder of
+``<token>.<ext>`` files or from a table column of paths.
 """
 
 import logging
@@ -13,12 +12,14 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from recbole_mm.embed.offline import ModelNotFoundError, default_device, require
+from recbole_mm.embed.image_models import load_image_tower
+from recbole_mm.embed.offline import default_device, require
 from recbole_mm.embed.runner import EncodeOptions, encode_to_features
 from recbole_mm.embed.table import read_table, require_columns, unique_ids
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_BACKEND = "transformers"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
@@ -47,41 +48,20 @@ def images_from_table(path: str, id_column: str, path_column: str, image_root: O
     return unique_ids(table, id_column, path), paths
 
 
-def image_features(outputs):
-    """The projected image embedding, whichever output type this transformers version returns."""
-    for name in ("image_embeds", "pooler_output"):
-        if hasattr(outputs, name):
-            return getattr(outputs, name)
-    return outputs
-
-
 class ImageEncoder:
-    """A CLIP-style image tower behind the runner's ``prepare`` / ``encode`` interface."""
+    """An image backbone behind the runner's ``prepare`` / ``encode`` interface.
 
-    def __init__(self, model: str, device: Optional[str] = None):
-        if not os.path.isdir(model):
-            raise ModelNotFoundError(f"image model folder not found: {model}; give --model a local CLIP folder saved with transformers' save_pretrained (recbole_mm.embed never downloads models)")
-        self.identity = os.path.abspath(model)
-        self.device = device or default_device()
-        transformers = require("transformers")
+    The backend (:mod:`recbole_mm.embed.image_models`) only decides how the network is loaded,
+    how a batch of images becomes pixels and how pixels become vectors; reading the files and the
+    batched, resumable, ordered run are the same for all of them.
+    """
+
+    def __init__(self, model: str, device: Optional[str] = None, backend: str = DEFAULT_BACKEND, arch: Optional[str] = None):
+        self.tower = load_image_tower(backend, model, arch)
+        self.identity = ":".join([backend, arch or "", os.path.abspath(model)])  # names the model in the resume fingerprint
         self.image = require("PIL.Image")
-        try:
-            self.processor = transformers.AutoImageProcessor.from_pretrained(model)
-            self.model, self.forward = self.load_tower(transformers, model)
-        except (OSError, ValueError) as error:
-            raise ModelNotFoundError(f"cannot load an image model from {model} ({error})") from None
-        self.model.to(self.device).eval()
-
-    @staticmethod
-    def load_tower(transformers, model: str):
-        """The network and the call that maps pixel values to image embeddings."""
-        if transformers.AutoConfig.from_pretrained(model).model_type == "clip_vision_model":
-            network = transformers.CLIPVisionModelWithProjection.from_pretrained(model)
-            return network, lambda pixels: network(pixel_values=pixels)
-        network = transformers.AutoModel.from_pretrained(model)
-        if not hasattr(network, "get_image_features"):
-            raise ValueError(f"{type(network).__name__} has no image tower (get_image_features)")
-        return network, lambda pixels: network.get_image_features(pixel_values=pixels)
+        self.device = device or default_device()
+        self.tower.network.to(self.device).eval()
 
     def prepare(self, path: str):
         """The image as RGB, or None when the file is missing or unreadable."""
@@ -97,9 +77,9 @@ class ImageEncoder:
     def encode(self, images: list) -> np.ndarray:
         import torch
 
-        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device)
+        pixels = self.tower.preprocess(images).to(self.device)
         with torch.inference_mode():
-            features = image_features(self.forward(pixels))
+            features = self.tower.forward(pixels)
         return features.float().cpu().numpy()
 
 
