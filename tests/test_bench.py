@@ -277,3 +277,16 @@ def test_synthetic_cold_split_keeps_the_planted_walk(tmp_path):
     assert config["modalities"] == list(synthetic.GENERATOR["modalities"]) and config["category_field"] == "category"
     assert "MAX_ITEM_LIST_LENGTH" not in config and "topk" not in config  # the profile sets the protocol
     assert len(info["fingerprint"]) == 12
+
+
+def test_attention_scaling_script_writes_its_table(tmp_path, capsys):
+    """The scaling benchmark end to end at toy sizes: one subprocess per (implementation, length)."""
+    from recbole_mm.bench import attention
+
+    attention.main(["--lengths", "16,32", "--batch", "2", "--hidden", "8", "--window", "4", "--block", "4", "--top", "1",
+                    "--repeats", "1", "--threads", "1", "--impls", "sdpa,sal", "--out", str(tmp_path / "attention")])
+    written = (tmp_path / "attention" / "attention.md").read_text()
+    assert written.strip() == capsys.readouterr().out.strip()
+    rows = [line for line in written.splitlines() if line.startswith("| 16 ") or line.startswith("| 32 ")]
+    assert len(rows) == 2 and all(len(row.split("|")) == len(written.splitlines()[2].split("|")) for row in rows)
+    assert "SAL faster than sdpa from L =" in written

@@ -48,6 +48,8 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
+    parser.add_argument("--out", help="also write the report to <out>/attention.md (where python -m recbole_mm.bench "
+                                          "looks for it: results/attention/)")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "LENGTH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -204,15 +206,25 @@ def main(argv=None):
         for impl in impls:
             results[(impl, length)] = run_worker(impl, length, argv)
             print(f"# L={length} {impl}: {results[(impl, length)]}", file=sys.stderr, flush=True)
+    report = scaling_report(results, lengths, impls, args)
+    print(report)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "attention.md"), "w", encoding="utf-8") as handle:
+            handle.write(report + "\n")
+
+
+def scaling_report(results, lengths, impls, args) -> str:
+    """The settings line, the table, the crossover lengths and the targets, as markdown."""
     threads = next((r["threads"] for r in results.values() if "threads" in r), "?")
-    print(f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
-          f"block {args.block}, top {args.top}, {threads} CPU threads, median of {args.repeats}; "
-          f"MB = peak extra resident memory (VmHWM - VmRSS)\n")
-    print(table(results, lengths, impls))
+    parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
+             f"block {args.block}, top {args.top}, {threads} CPU threads, median of {args.repeats}; "
+             f"MB = peak extra resident memory (VmHWM - VmRSS)", table(results, lengths, impls)]
     for baseline in ("recbole", "sdpa"):
         if baseline in impls and "sal" in impls:
-            print(f"\nSAL faster than {baseline} from L = {crossover(results, lengths, baseline)} (of {lengths})")
-    print("\n" + targets(results))
+            parts.append(f"SAL faster than {baseline} from L = {crossover(results, lengths, baseline)} (of {lengths})")
+    parts.append(targets(results))
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
