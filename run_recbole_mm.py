@@ -61,6 +61,11 @@ def demo_config_files(args):
     return []
 
 
+def plain_metrics(metrics) -> dict:
+    """RecBole's metric dict with plain floats (it holds numpy scalars, printed as ``np.float64(...)``)."""
+    return {name: float(value) for name, value in dict(metrics).items()}
+
+
 def main(argv=None):
     args = parse_args(argv)
     config_files = (args.config_files.split() if args.config_files else []) + demo_config_files(args)
@@ -77,8 +82,8 @@ def main(argv=None):
         result = recbole_mm.run_recbole_mm(model=args.model, dataset=args.dataset, config_file_list=config_files or None, config_dict=config_dict)
     print(f"{args.model} on {args.dataset}: {time.time() - started:.0f} s")
     if result is not None:
-        print("best valid:", dict(result["best_valid_result"]))
-        print("test:      ", dict(result["test_result"]))
+        print("best valid:", plain_metrics(result["best_valid_result"]))
+        print("test:      ", plain_metrics(result["test_result"]))
     return result
 
 
