@@ -59,6 +59,32 @@ def _modality_matrix(rng, item_cluster, n_clusters, dim, content_noise):
     return vectors.astype(np.float32)
 
 
+def write_cluster_walks(folder, name, rng, item_cluster, n_clusters, n_users, seq_len, popularity_exponent, transition_noise) -> np.ndarray:
+    """Write ``<name>.inter``: per user a walk over the item clusters (:func:`_walk`), timestamps in
+    order; returns how often each item occurs."""
+    n_items = len(item_cluster)
+    items_by_cluster = [np.flatnonzero(item_cluster == c) for c in range(n_clusters)]
+    popularity = _item_popularity(rng, n_items, popularity_exponent)
+    item_count = np.zeros(n_items, dtype=np.int64)
+    rows = []
+    for user in range(n_users):
+        history = _walk(rng, int(rng.integers(seq_len[0], seq_len[1] + 1)), items_by_cluster, popularity, n_clusters, transition_noise)
+        for step, item in enumerate(history):
+            rows.append(f"{user + 1}\t{item + 1}\t{1_000_000 + 1000 * user + step}\n")
+            item_count[item] += 1
+    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as handle:
+        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        handle.writelines(rows)
+    return item_count
+
+
+def write_item_categories(folder, name, categories) -> None:
+    """Write ``<name>.item`` with one ``category`` token per item (item tokens ``1..N``)."""
+    with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8") as handle:
+        handle.write("item_id:token\tcategory:token\n")
+        handle.writelines(f"{i + 1}\t{category}\n" for i, category in enumerate(categories))
+
+
 def write_planted_dataset(
     data_path: str,
     name: str = "planted",
@@ -79,21 +105,8 @@ def write_planted_dataset(
     os.makedirs(folder, exist_ok=True)
     item_cluster = np.arange(n_items) % n_clusters
     rng.shuffle(item_cluster)
-    items_by_cluster = [np.flatnonzero(item_cluster == c) for c in range(n_clusters)]
-    popularity = _item_popularity(rng, n_items, popularity_exponent)
-    item_count = np.zeros(n_items, dtype=np.int64)
-    rows = []
-    for user in range(n_users):
-        history = _walk(rng, int(rng.integers(seq_len[0], seq_len[1] + 1)), items_by_cluster, popularity, n_clusters, transition_noise)
-        for step, item in enumerate(history):
-            rows.append(f"{user + 1}\t{item + 1}\t{1_000_000 + 1000 * user + step}\n")
-            item_count[item] += 1
-    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as handle:
-        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        handle.writelines(rows)
-    with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8") as handle:
-        handle.write("item_id:token\tcategory:token\n")
-        handle.writelines(f"{i + 1}\tc{item_cluster[i]}\n" for i in range(n_items))
+    item_count = write_cluster_walks(folder, name, rng, item_cluster, n_clusters, n_users, seq_len, popularity_exponent, transition_noise)
+    write_item_categories(folder, name, [f"c{cluster}" for cluster in item_cluster])
     tokens = [str(i + 1) for i in range(n_items)]
     for modality, dim in modalities.items():
         write_features(folder, name, modality, tokens, _modality_matrix(rng, item_cluster, n_clusters, dim, content_noise))

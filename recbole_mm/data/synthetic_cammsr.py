@@ -17,7 +17,7 @@ from typing import Dict, List
 import numpy as np
 
 from recbole_mm.data.feature_files import write_features
-from recbole_mm.data.synthetic import PlantedDataset, _item_popularity, _walk
+from recbole_mm.data.synthetic import PlantedDataset, write_cluster_walks, write_item_categories
 
 
 @dataclass
@@ -74,21 +74,8 @@ def write_category_modality_dataset(
     item_cluster = np.arange(n_items) % n_clusters
     rng.shuffle(item_cluster)
     item_category = rng.integers(len(informative), size=n_items)
-    items_by_cluster = [np.flatnonzero(item_cluster == c) for c in range(n_clusters)]
-    popularity = _item_popularity(rng, n_items, popularity_exponent)
-    item_count = np.zeros(n_items, dtype=np.int64)
-    rows = []
-    for user in range(n_users):
-        history = _walk(rng, int(rng.integers(seq_len[0], seq_len[1] + 1)), items_by_cluster, popularity, n_clusters, transition_noise)
-        for step, item in enumerate(history):
-            rows.append(f"{user + 1}\t{item + 1}\t{1_000_000 + 1000 * user + step}\n")
-            item_count[item] += 1
-    with open(os.path.join(folder, f"{name}.inter"), "w", encoding="utf-8") as handle:
-        handle.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        handle.writelines(rows)
-    with open(os.path.join(folder, f"{name}.item"), "w", encoding="utf-8") as handle:
-        handle.write("item_id:token\tcategory:token\n")
-        handle.writelines(f"{i + 1}\tby_{informative[item_category[i]]}\n" for i in range(n_items))
+    item_count = write_cluster_walks(folder, name, rng, item_cluster, n_clusters, n_users, seq_len, popularity_exponent, transition_noise)
+    write_item_categories(folder, name, [f"by_{informative[category]}" for category in item_category])
     tokens = [str(i + 1) for i in range(n_items)]
     for index, (modality, dim) in enumerate(modalities.items()):
         matrix = _category_modality_matrix(rng, item_cluster, item_category, index, n_clusters, dim, content_noise, signature_scale)
