@@ -355,6 +355,27 @@ def quiet_known_warnings():
     warnings.filterwarnings("ignore", message=r"A value is being set on a copy", module="recbole")
 
 
+# --- autograd anomaly detection -------------------------------------------------------------
+
+
+def fix_autograd_anomaly():
+    """Undo the process-wide ``torch.autograd.set_detect_anomaly(True)`` that RecBole 1.2.1's
+    ``model/sequential_recommender/sine.py`` runs at import (line 25), a debugging leftover that
+    every RecBole run inherits once the sequential models are imported (quick-start and
+    ``get_model`` import them all): each backward op is then checked for NaN and traced, about 1.5x
+    the training step time on CPU. The module is imported here, once, so its side effect happens now
+    and is switched off; users who want anomaly detection can still turn it on after this.
+    """
+    import importlib
+
+    import torch
+
+    was_enabled = torch.is_anomaly_enabled()
+    importlib.import_module("recbole.model.sequential_recommender.sine")
+    if not was_enabled:
+        torch.autograd.set_detect_anomaly(False)
+
+
 # --- applying ---------------------------------------------------------------------------------
 
 FIXES = {
@@ -366,6 +387,7 @@ FIXES = {
     "distributed_cpu": fix_distributed_cpu,
     "ensure_dir_race": fix_ensure_dir_race,
     "hyperopt_exhaustive": fix_hyperopt_exhaustive,
+    "autograd_anomaly": fix_autograd_anomaly,
 }
 
 

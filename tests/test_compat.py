@@ -141,3 +141,23 @@ def test_unknown_fix_name_is_rejected():
 
 def test_apply_is_idempotent():
     assert compat.apply() == compat.apply()
+
+
+ANOMALY_SNIPPET = """
+import recbole_mm
+import torch
+from recbole.quick_start import run_recbole  # imports every RecBole model, sine.py among them
+from recbole.utils import get_model
+get_model("SINE")
+print("ANOMALY", torch.is_anomaly_enabled())
+"""
+
+
+def test_autograd_anomaly_left_on_by_recbole_without_the_fix():
+    without = run_python(ANOMALY_SNIPPET, skip_fixes="autograd_anomaly")
+    assert "ANOMALY True" in without.stdout, without.stderr[-2000:]
+
+
+def test_autograd_anomaly_is_off_after_import():
+    with_fix = run_python(ANOMALY_SNIPPET)
+    assert "ANOMALY False" in with_fix.stdout, with_fix.stderr[-2000:]
