@@ -1,6 +1,7 @@
 """Base class of the plugin's models: RecBole's SequentialRecommender plus aligned item features."""
 
-from typing import Dict, Tuple
+from abc import ABCMeta, abstractmethod
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from recbole.model.abstract_recommender import SequentialRecommender
@@ -10,7 +11,10 @@ from recbole_mm.data.dataset import MultimodalSequentialDataset
 from recbole_mm.model.layers.fusion import modality_names_valid
 
 
-class MultimodalSequentialRecommender(SequentialRecommender):
+LOSS_TYPES = ("CE", "BPR")
+
+
+class MultimodalSequentialRecommender(SequentialRecommender, metaclass=ABCMeta):
     """Holds each modality's aligned features as frozen buffers and offers the shared plumbing.
 
     Subclasses implement ``forward(item_seq, item_seq_len) -> [B, d]`` and
@@ -28,6 +32,8 @@ class MultimodalSequentialRecommender(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         self.loss_type = config["loss_type"]
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"{type(self).__name__}: loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         self.initializer_range = config["initializer_range"] or 0.02
         self.score_chunk_size = int(config["score_chunk_size"] or 0)
         self.modality_dims = self._register_features(dataset)
@@ -94,25 +100,28 @@ class MultimodalSequentialRecommender(SequentialRecommender):
 
     # ----- RecBole contract -------------------------------------------------------------------
 
+    @abstractmethod
     def item_vectors(self, item_ids: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Item representations ``[..., d]`` of ``item_ids``, in the space of the user vectors."""
 
     def score_items(self, seq_output: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Scores ``[B, n]`` of the user vectors against the items ``item_ids`` (1-D)."""
         return seq_output @ self.item_vectors(item_ids).t()
 
-    def recommendation_loss(self, seq_output: torch.Tensor, interaction) -> torch.Tensor:
-        """Next-item loss: CE over the whole catalogue, or BPR against RecBole's sampled negative."""
+    def recommendation_loss(self, seq_output: torch.Tensor, interaction,
+                            vectors_of: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """Next-item loss: CE over the whole catalogue, or BPR against RecBole's sampled negative.
+
+        ``vectors_of`` maps item ids to their vectors (default :meth:`item_vectors`); a model that
+        already built its batch's item vectors passes a lookup into them.
+        """
+        vectors_of = vectors_of or self.item_vectors
         pos_items = interaction[self.POS_ITEM_ID]
         if self.loss_type == "CE":
-            logits = self.score_items(seq_output, self.all_item_ids())
-            return nn.functional.cross_entropy(logits, pos_items)
-        if self.loss_type == "BPR":
-            neg_items = interaction[self.NEG_ITEM_ID]
-            pos_score = (seq_output * self.item_vectors(pos_items)).sum(-1)
-            neg_score = (seq_output * self.item_vectors(neg_items)).sum(-1)
-            return -nn.functional.logsigmoid(pos_score - neg_score).mean()
-        raise NotImplementedError(f"loss_type must be 'CE' or 'BPR', got {self.loss_type!r}")
+            return nn.functional.cross_entropy(seq_output @ vectors_of(self.all_item_ids()).t(), pos_items)
+        pos_score = (seq_output * vectors_of(pos_items)).sum(-1)
+        neg_score = (seq_output * vectors_of(interaction[self.NEG_ITEM_ID])).sum(-1)
+        return -nn.functional.logsigmoid(pos_score - neg_score).mean()
 
     def calculate_loss(self, interaction):
         seq_output = self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN])

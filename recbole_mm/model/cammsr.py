@@ -175,7 +175,7 @@ class CAMMSR(MultimodalSequentialRecommender):
         items, rows = self.batch_items(interaction)
         mixture = self.item_mixture(items)
         user = self.encode(mixture.mixed[rows[item_seq]], item_seq, item_seq_len, times)
-        losses = [self.next_item_loss(user, mixture.mixed, rows, interaction)]
+        losses = [self.recommendation_loss(user, interaction, lambda ids: mixture.mixed[rows[ids]])]
         if self.cat_weight > 0:
             labelled = torch.cat([item_seq.flatten(), interaction[self.POS_ITEM_ID]]).unique()
             labelled = labelled[labelled > 0]
@@ -199,17 +199,6 @@ class CAMMSR(MultimodalSequentialRecommender):
         rows = torch.zeros(self.n_items, dtype=torch.long, device=items.device)
         rows[items] = torch.arange(items.numel(), device=items.device)
         return items, rows
-
-    def next_item_loss(self, user, vectors, rows, interaction) -> torch.Tensor:
-        """CE over all items (``vectors`` is the whole catalogue) or BPR against the sampled negative."""
-        pos_items = interaction[self.POS_ITEM_ID]
-        if self.loss_type == "CE":
-            return nn.functional.cross_entropy(user @ vectors.t(), pos_items)
-        if self.loss_type == "BPR":
-            pos_score = (user * vectors[rows[pos_items]]).sum(-1)
-            neg_score = (user * vectors[rows[interaction[self.NEG_ITEM_ID]]]).sum(-1)
-            return -nn.functional.logsigmoid(pos_score - neg_score).mean()
-        raise NotImplementedError(f"loss_type must be 'CE' or 'BPR', got {self.loss_type!r}")
 
     def category_loss(self, item_vectors: torch.Tensor, item_ids: torch.Tensor) -> torch.Tensor:
         """Unweighted auxiliary category-prediction loss of ``item_ids`` from their mixed vectors."""
