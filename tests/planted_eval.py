@@ -40,3 +40,19 @@ def training_counts(dataset, train_data_ids):
 
 def recall_at(ranks, k=10):
     return float((ranks <= k).mean()) if len(ranks) else float("nan")
+
+
+def assert_full_sort_chunk_invariant(model, interaction, items):
+    """``full_sort_predict`` in chunks of ``model.score_chunk_size`` equals the unchunked scores, and
+    ``predict`` on ``items`` (one at a time for the whole batch) equals those columns."""
+    model.eval()
+    with torch.no_grad():
+        chunked = model.full_sort_predict(interaction)
+        model.score_chunk_size = 0
+        whole = model.full_sort_predict(interaction)
+        singles = []
+        for item in items:
+            interaction.update(type(interaction)({model.ITEM_ID: torch.full((len(interaction),), item)}))
+            singles.append(model.predict(interaction))
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(torch.stack(singles, 1), whole[:, list(items)])

@@ -11,7 +11,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
 from torch import nn
 
-from planted_eval import recall_at, target_ranks, train_on_planted
+from planted_eval import assert_full_sort_chunk_invariant, recall_at, target_ranks, train_on_planted
 from recbole_mm.data.synthetic import planted_config
 from recbole_mm.data.synthetic_cammsr import write_category_modality_dataset
 from recbole_mm.model.cammsr import CAMMSR
@@ -221,18 +221,7 @@ def test_time_embedding_changes_the_user_vector(tiny_config):
 
 def test_full_sort_is_chunk_invariant_and_matches_predict(tiny_config):
     model, _, test = _model(tiny_config, score_chunk_size=7)
-    model.eval()
-    interaction = next(iter(test))[0]
-    with torch.no_grad():
-        chunked = model.full_sort_predict(interaction)
-        model.score_chunk_size = 0
-        whole = model.full_sort_predict(interaction)
-        singles = []
-        for item in (1, 5, model.n_items - 1):
-            interaction.update(type(interaction)({"item_id": torch.full((len(interaction),), item)}))
-            singles.append(model.predict(interaction))
-    torch.testing.assert_close(chunked, whole)
-    torch.testing.assert_close(torch.stack(singles, 1), whole[:, [1, 5, model.n_items - 1]])
+    assert_full_sort_chunk_invariant(model, next(iter(test))[0], [1, 5, model.n_items - 1])
 
 
 def test_stock_run_recbole_returns_metrics(tiny_config):

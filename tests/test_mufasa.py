@@ -12,6 +12,7 @@ from recbole.utils import init_seed
 from recbole_mm.data.synthetic_long import long_range_config, recall_examples, write_long_range_dataset
 from recbole_mm.model.layers import mfl
 from recbole_mm.model.mufasa import LOSS_NAMES, MUFASA
+from planted_eval import assert_full_sort_chunk_invariant
 
 LOSS_FUNCTIONS = {
     "cga": "cross_genre_alignment_loss",
@@ -163,17 +164,7 @@ def test_whole_model_is_causal(tiny_config, attention):
 
 def test_full_sort_is_chunk_invariant_and_matches_predict(tiny_config):
     model, _ = _model(tiny_config(score_chunk_size=7))
-    model.eval()
-    batch = _batch(model, batch_size=4)
-    with torch.no_grad():
-        chunked = model.full_sort_predict(batch)
-        model.score_chunk_size = 0
-        whole = model.full_sort_predict(batch)
-        looped = torch.stack(
-            [model.predict(Interaction({**{k: batch[k] for k in batch.columns}, model.ITEM_ID: torch.full((4,), item)}))
-             for item in range(model.n_items)], dim=1)
-    torch.testing.assert_close(chunked, whole)
-    torch.testing.assert_close(looped, whole)
+    assert_full_sort_chunk_invariant(model, _batch(model, batch_size=4), range(model.n_items))
 
 
 def _recall_accuracy(model, dataset, n_keys, n_noise, length, steps=100):

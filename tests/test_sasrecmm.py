@@ -7,7 +7,7 @@ from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
 
-from planted_eval import recall_at, target_ranks, train_on_planted
+from planted_eval import assert_full_sort_chunk_invariant, recall_at, target_ranks, train_on_planted
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
 from recbole_mm.model.sasrecmm import SASRecMM
 
@@ -21,16 +21,7 @@ def _model(tiny_config, **overrides):
 
 def test_full_sort_is_chunk_invariant_and_matches_predict(tiny_config):
     model, _, test = _model(tiny_config, score_chunk_size=7)
-    model.eval()
-    interaction = next(iter(test))[0]
-    with torch.no_grad():
-        chunked = model.full_sort_predict(interaction)
-        model.score_chunk_size = 0
-        whole = model.full_sort_predict(interaction)
-        interaction.update(type(interaction)({"item_id": torch.full((len(interaction),), 5)}))
-        single = model.predict(interaction)
-    torch.testing.assert_close(chunked, whole)
-    torch.testing.assert_close(single, whole[:, 5])
+    assert_full_sort_chunk_invariant(model, next(iter(test))[0], [5])
 
 
 @pytest.mark.parametrize("fusion", ["sum", "gated"])
