@@ -129,3 +129,74 @@ def test_ensure_dir_race_fix(skip):
         assert run.returncode != 0 and "FileExistsError" in run.stderr, run.stderr[-2000:]
     else:
         assert run.returncode == 0 and "ENSURE-DIR-OK" in run.stdout, run.stderr[-2000:]
+
+
+def test_with_cuda_recbole_own_nccl_path_is_taken(monkeypatch):
+    """With CUDA present the fix steps aside: RecBole's code asks for nccl and puts the rank on its GPU.
+
+    CUDA is faked (no GPU here); ``init_process_group`` and ``set_device`` only record their calls.
+    """
+    import torch
+    import torch.distributed as dist
+    from recbole.config import Config
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.setdefault("set_device", index))
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: calls.setdefault("group", kwargs))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    config = Config(model="SASRec", dataset="ml-100k", config_dict={
+        "local_rank": 0, "world_size": 1, "nproc": 1, "offset": 0, "ip": "localhost", "port": "5678", "gpu_id": "0",
+        "train_neg_sample_args": None, "state": "WARNING",
+    })
+    assert calls["group"]["backend"] == "nccl" and calls["group"]["init_method"] == "tcp://localhost:5678"
+    assert calls["set_device"] == 0
+    assert config["device"] == torch.device("cuda", 0) and config["single_spec"] is False
+
+
+class _RecordingDDP:
+    """Stands in for DistributedDataParallel: keeps what it was built with."""
+
+    ignored = None
+
+    def __init__(self, module, device_ids=None, **kwargs):
+        self.module, self.device_ids, self.kwargs = module, device_ids, kwargs
+
+    @classmethod
+    def _set_params_and_buffers_to_ignore_for_model(cls, module, names):
+        cls.ignored = list(names)
+
+
+@pytest.mark.parametrize("device, expected_ids", [("cpu", None), ("meta", [0])])
+def test_ddp_wrapper_drops_device_ids_only_on_cpu(device, expected_ids):
+    """RecBole passes ``device_ids=[local_rank]``: kept for accelerator modules (``meta`` stands in for
+    a GPU here), dropped for CPU ones, which torch would reject; data buffers skip DDP's broadcast."""
+    import torch
+    from torch import nn
+
+    from recbole_mm.compat import _ddp_for_any_device
+
+    module = nn.Linear(2, 2, device=device)
+    module.register_buffer("features", torch.zeros(3, 2, device=device), persistent=False)
+    wrapped = _ddp_for_any_device(_RecordingDDP)(module, device_ids=[0], find_unused_parameters=True)
+    assert wrapped.device_ids == expected_ids and wrapped.kwargs == {"find_unused_parameters": True}
+    assert _RecordingDDP.ignored == ["features"]
+
+
+def _nccl_ready():
+    import torch
+    import torch.distributed as dist
+
+    return torch.cuda.is_available() and dist.is_nccl_available()
+
+
+@pytest.mark.skipif(not _nccl_ready(), reason="needs a CUDA GPU and nccl")
+def test_command_line_mufasa_with_nccl_on_one_gpu(tiny_config, tmp_path):
+    """On a GPU machine: one nccl rank per GPU through RecBole's own path (``--gpu_id`` names them)."""
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config(epochs=1, train_batch_size=64, eval_batch_size=64, MAX_ITEM_LIST_LENGTH=10)))
+    command = [sys.executable, os.path.join(REPO, "run_recbole_mm.py"), "--model", "MUFASA", "--dataset", "tiny",
+               "--config_files", str(config_file), "--nproc", "1", "--world_size", "1", "--gpu_id=0", "--port", free_port()]
+    run = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "best valid: {'recall@10'" in run.stdout and "test:" in run.stdout
