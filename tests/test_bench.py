@@ -102,6 +102,8 @@ def test_cli_overrides_profile():
     assert (profile.name, profile.epochs, profile.max_len, profile.seeds) == ("quick", 7, 12, 2)
     assert profile.seed_list() == [2020, 2021]
     assert cli.build_profile(cli.parse_args(["--dataset", "x"])).name == "full"
+    medium = cli.build_profile(cli.parse_args(["--dataset", "x", "--profile", "medium"]))
+    assert medium.max_batches is None and medium.epochs > get_profile("quick").epochs  # whole epochs to early stopping
     assert cli._parse_overrides(["n_layers=1", "fusion=gated"]) == {"n_layers": 1, "fusion": "gated"}
 
 
