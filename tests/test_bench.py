@@ -254,6 +254,20 @@ def test_report_aggregates_seeds_and_includes_the_attention_table(tmp_path, monk
     assert report.attention_section(paths["csv"]) == "| L | from the module |"
 
 
+def test_features_verdict_says_when_the_gap_is_within_seed_noise():
+    from recbole_mm.bench.report import features_verdict
+
+    def summary(model, features, mean, std, seeds):
+        return {"model": model, "uses_features": features, "seeds_ok": seeds, "ndcg@10_mean": mean, "ndcg@10_std": std}
+
+    clear = features_verdict([summary("MM", True, 0.30, 0.01, 3), summary("ID", False, 0.20, 0.01, 3)])
+    assert clear == ["- NDCG@10: best with features MM 0.3000 vs best ID-only ID 0.2000: feature model wins."]
+    noisy = features_verdict([summary("MM", True, 0.21, 0.03, 3), summary("ID", False, 0.20, 0.04, 3)])
+    assert noisy[0].endswith("within seed noise (gap 0.0100 <= 0.0500).")
+    single = features_verdict([summary("MM", True, 0.10, 0.0, 1), summary("ID", False, 0.20, 0.0, 1)])
+    assert single[0].endswith("ID-only model wins (one seed: no noise estimate).")
+
+
 # ----- the synthetic set ----------------------------------------------------------------------
 
 

@@ -187,6 +187,17 @@ def speed_table(summaries, reference=SPEED_REFERENCE) -> List[str]:
     return [intro, ""] + _table(header, rows)
 
 
+def _verdict(feature_model: dict, id_model: dict, key: str) -> str:
+    """Who wins, unless the gap is within seed noise: ``|gap| <= sqrt(std_a^2 + std_b^2)`` of the
+    per-seed values (only known with two or more seeds on both sides)."""
+    gap = feature_model[f"{key}_mean"] - id_model[f"{key}_mean"]
+    winner = "feature model wins" if gap > 0 else "ID-only model wins"
+    if min(feature_model["seeds_ok"], id_model["seeds_ok"]) < 2:
+        return f"{winner} (one seed: no noise estimate)"
+    noise = math.hypot(feature_model[f"{key}_std"] or 0.0, id_model[f"{key}_std"] or 0.0)
+    return f"within seed noise (gap {abs(gap):.4f} <= {noise:.4f})" if abs(gap) <= noise else winner
+
+
 def features_verdict(summaries) -> List[str]:
     """Best feature-using model vs best ID-only model, overall and on cold users."""
     lines = []
@@ -197,10 +208,9 @@ def features_verdict(summaries) -> List[str]:
             best[group] = max(scored, key=lambda s: s[f"{key}_mean"]) if scored else None
         if best[True] is None or best[False] is None:
             continue
-        winner = "feature model wins" if best[True][f"{key}_mean"] > best[False][f"{key}_mean"] else "ID-only model wins"
         lines.append(
             f"- {label}: best with features {best[True]['model']} {best[True][f'{key}_mean']:.4f} vs best ID-only "
-            f"{best[False]['model']} {best[False][f'{key}_mean']:.4f}: {winner}."
+            f"{best[False]['model']} {best[False][f'{key}_mean']:.4f}: {_verdict(best[True], best[False], key)}."
         )
     return lines or ["Needs at least one finished model with features and one without."]
 
