@@ -266,6 +266,8 @@ def test_features_verdict_says_when_the_gap_is_within_seed_noise():
     assert noisy[0].endswith("within seed noise (gap 0.0100 <= 0.0500).")
     single = features_verdict([summary("MM", True, 0.10, 0.0, 1), summary("ID", False, 0.20, 0.0, 1)])
     assert single[0].endswith("ID-only model wins (one seed: no noise estimate).")
+    nothing = features_verdict([summary("MM", True, 0.0, 0.0, 2), summary("ID", False, 0.0, 0.0, 2)])
+    assert nothing[0].endswith(": tie.")
 
 
 # ----- the synthetic set ----------------------------------------------------------------------

@@ -54,7 +54,7 @@ QUICK = Profile(
 PROFILES: Dict[str, Profile] = {
     "quick": QUICK,
     # Whole epochs until early stopping on short histories, one seed: converged numbers in about
-    # 1.5 h of one core for SASRec, SASRecMM, MUFASA, DMAE and CAMMSR on ml-100k-mm.
+    # 50 min of one core for SASRec, GRU4Rec, SASRecMM, MUFASA, DMAE and CAMMSR on ml-100k-mm.
     "medium": replace(QUICK, name="medium", epochs=20, max_batches=None),
     # The published comparison: the plugin's overall.yaml budget, 3 seeds. SASRec needs about
     # 3 min per epoch on ml-100k on 2 CPU cores, so this takes hours; runs are cached and resumed.

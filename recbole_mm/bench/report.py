@@ -191,6 +191,8 @@ def _verdict(feature_model: dict, id_model: dict, key: str) -> str:
     """Who wins, unless the gap is within seed noise: ``|gap| <= sqrt(std_a^2 + std_b^2)`` of the
     per-seed values (only known with two or more seeds on both sides)."""
     gap = feature_model[f"{key}_mean"] - id_model[f"{key}_mean"]
+    if gap == 0:
+        return "tie"
     winner = "feature model wins" if gap > 0 else "ID-only model wins"
     if min(feature_model["seeds_ok"], id_model["seeds_ok"]) < 2:
         return f"{winner} (one seed: no noise estimate)"
