@@ -126,6 +126,23 @@ def test_rank_metrics_and_cold_subset():
     assert compare.cold_metrics(ranks, targets, counts, cold_max_count=-1)["cold_recall@10"] is None
 
 
+def test_history_rankings_count_history_in_the_top_and_rank_without_it():
+    import torch
+
+    scores = torch.tensor([
+        [-float("inf"), 5.0, 4.0, 3.0, 2.0, 1.0],  # history {1, 2}, target 4: two history items above it
+        [-float("inf"), 1.0, 2.0, 3.0, 4.0, 5.0],  # history {3, 5} and the target 5 itself: it stays ranked
+    ])
+    history = torch.tensor([[0, 1, 2], [3, 5, 0]])
+    rows, items = torch.tensor([0, 1]), torch.tensor([4, 5])
+    in_top, unseen = compare.history_rankings(scores, rows, items, history, k=2)
+    assert in_top.tolist() == [2, 1] and unseen.tolist() == [1, 0]
+    assert compare.rank_metrics(torch.tensor([3, 0]), k=2)["ndcg@2"] < compare.rank_metrics(unseen, k=2)["ndcg@2"]
+    metrics = compare.history_metrics((in_top, unseen), k=2)
+    assert metrics["history_in_top2"] == 1.5 and metrics["unseen_recall@2"] == 1.0
+    assert compare.history_metrics(None) == {}
+
+
 # ----- the harness end to end -----------------------------------------------------------------
 
 
@@ -201,6 +218,7 @@ def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, c
     assert (row["model"], row["seed"], row["train_steps"], row["epochs"], len(row["valid_curve"])) == ("SASRec", 3, 2, 1, 1)
     assert 0.0 <= row["ndcg@10"] <= 1.0 and row["peak_rss_mb"] > 50 and row["params"] > 0
     assert row["infer_ms_per_user"] > 0 and row["test_users"] == 60
+    assert 0.0 <= row["history_in_top10"] <= 10.0 and row["unseen_ndcg@10"] >= row["ndcg@10"]
     assert "[bench] SASRec seed 3: epoch 1/1" in capsys.readouterr().err
     assert "[bench] SASRec seed 3: done" in open("sasrec.log", encoding="utf-8").read()
 

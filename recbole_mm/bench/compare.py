@@ -31,6 +31,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 METRIC_KEYS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10")
 COLD_KEYS = ("cold_recall@10", "cold_ndcg@10")
+# Rankings against the model's input history: how many of the top 10 it already holds, and NDCG@10 /
+# Recall@10 with those items left out of the ranking (the target is never left out).
+HISTORY_KEYS = ("history_in_top10", "unseen_recall@10", "unseen_ndcg@10")
 DEFAULT_COLD_MAX_COUNT = 5
 PROGRESS_PREFIX = "[bench]"
 _WORKER_CODE = "from recbole_mm.bench.compare import _worker_main; _worker_main()"
@@ -355,10 +358,11 @@ def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count,
     row["best_valid"] = float(best_valid)
     curve = row["valid_curve"]
     row["best_epoch"] = curve.index(max(curve)) + 1 if curve else None  # RecBole keeps the first best
-    ranks, targets, infer_s = rank_test_targets(trainer, test_data)
+    ranks, targets, infer_s, history = rank_test_targets(trainer, test_data)
     row["test_users"] = int(len(ranks))
     row["infer_ms_per_user"] = 1000.0 * infer_s / max(1, len(ranks))
     row.update(cold_metrics(ranks, targets, train_item_counts(train_data, config), cold_max_count))
+    row.update(history_metrics(history))
     say(
         f"{label}: done: test ndcg@10 {row.get('ndcg@10', float('nan')):.4f}, recall@10 {row.get('recall@10', float('nan')):.4f}, "
         f"{row['train_s_per_epoch']:.1f} s/epoch, {row['infer_ms_per_user']:.3f} ms/user"
@@ -463,19 +467,21 @@ TIMING_REPEATS = 3  # full-sort scoring runs per test batch; the fastest counts
 def rank_test_targets(trainer, test_data):
     """Rank of each test target among all items, scored exactly as RecBole's full-sort evaluation.
 
-    Returns ``(ranks, target_items, seconds)``: 0-based ranks (items scoring strictly higher),
-    the target item ids, and the time spent in scoring: the first batch is run once untimed to
-    warm up, and each batch counts with the fastest of ``TIMING_REPEATS`` runs, so a load spike
-    from another process on a shared machine does not land in the figure. Uses the trainer's
-    ``_full_sort_batch_eval``, so the model's ``full_sort_predict`` (or RecBole's predict fallback)
-    and RecBole's padding mask are what is measured.
+    Returns ``(ranks, target_items, seconds, history)``: 0-based ranks (items scoring strictly
+    higher), the target item ids, the time spent in scoring, and :func:`history_rankings` of the
+    same scores (``None`` for models without an item-sequence input). The first batch is run once
+    untimed to warm up, and each batch counts with the fastest of ``TIMING_REPEATS`` runs, so a
+    load spike from another process on a shared machine does not land in the figure. Uses the
+    trainer's ``_full_sort_batch_eval``, so the model's ``full_sort_predict`` (or RecBole's predict
+    fallback) and RecBole's padding mask are what is measured.
     """
     import torch
 
     trainer.model.eval()
     device = trainer.device
     synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    ranks, targets, seconds = [], [], 0.0
+    ranks, targets, seconds, history = [], [], 0.0, []
+    sequence_field = getattr(trainer.model, "ITEM_SEQ", None)
     with torch.no_grad():
         for index, batch in enumerate(test_data):
             if index == 0:
@@ -484,7 +490,7 @@ def rank_test_targets(trainer, test_data):
             for _ in range(TIMING_REPEATS):
                 synchronize()
                 start = time.perf_counter()
-                _, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+                interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
                 synchronize()
                 fastest = min(fastest, time.perf_counter() - start)
             seconds += fastest
@@ -492,9 +498,46 @@ def rank_test_targets(trainer, test_data):
             target_scores = scores[rows, items]
             ranks.append((scores[rows] > target_scores.unsqueeze(1)).sum(dim=1).cpu())
             targets.append(positive_i.cpu())
+            if sequence_field is not None and sequence_field in interaction:
+                history.append(history_rankings(scores, rows, items, interaction[sequence_field].to(scores.device)))
+    empty = torch.zeros(0, dtype=torch.long)
+    history = tuple(torch.cat(part) for part in zip(*history)) if history else None
     if not ranks:
-        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), seconds
-    return torch.cat(ranks), torch.cat(targets), seconds
+        return empty, empty, seconds, history
+    return torch.cat(ranks), torch.cat(targets), seconds, history
+
+
+def history_rankings(scores, rows, items, item_seq, k: int = 10):
+    """How each test ranking treats the user's input history ``item_seq [B, L]`` (0 = padding).
+
+    Returns ``(history_in_top_k [n], unseen_ranks [n])`` for the targets ``(rows, items)``: how many
+    history items are among the top ``k``, and the target's 0-based rank once history items (other
+    than the target itself) are removed from the ranking. Sequential models score every item, the
+    ones the user just interacted with included, and on data without repeats those slots are lost.
+    """
+    import torch
+
+    seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, item_seq.long(), True)
+    seen[:, 0] = False  # the padding id is never a candidate
+    top = scores[rows].topk(min(k, scores.shape[1]), dim=1).indices
+    in_top = seen[rows].gather(1, top).sum(dim=1)
+    seen[rows, items] = False
+    target_scores = scores[rows, items]
+    unseen_ranks = (scores[rows].masked_fill(seen[rows], float("-inf")) > target_scores.unsqueeze(1)).sum(dim=1)
+    return in_top.cpu(), unseen_ranks.cpu()
+
+
+def history_metrics(history, k: int = 10) -> dict:
+    """The ``HISTORY_KEYS`` fields of a run from :func:`history_rankings` (``{}`` when not measured)."""
+    if history is None or history[0].numel() == 0:
+        return {}
+    in_top, unseen_ranks = history
+    metrics = rank_metrics(unseen_ranks, k)
+    return {
+        f"history_in_top{k}": float(in_top.double().mean()),
+        f"unseen_recall@{k}": metrics[f"recall@{k}"],
+        f"unseen_ndcg@{k}": metrics[f"ndcg@{k}"],
+    }
 
 
 def train_item_counts(train_data, config):

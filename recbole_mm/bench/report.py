@@ -22,11 +22,11 @@ import statistics
 import time
 from typing import Dict, List, Optional, Sequence
 
-from recbole_mm.bench.compare import COLD_KEYS, METRIC_KEYS
+from recbole_mm.bench.compare import COLD_KEYS, HISTORY_KEYS, METRIC_KEYS
 from recbole_mm.bench.profiles import PROFILES, SPEED_REFERENCE
 
 # numeric run fields aggregated over seeds (mean, std)
-NUMERIC_KEYS = METRIC_KEYS + COLD_KEYS + (
+NUMERIC_KEYS = METRIC_KEYS + COLD_KEYS + HISTORY_KEYS + (
     "best_valid",
     "epochs",
     "params",
@@ -49,6 +49,7 @@ RUN_FIELDS = (
     + ["best_valid", "best_epoch", "epochs", "train_steps", "train_s_per_epoch", "train_ms_per_step", "infer_ms_per_user",
        "test_users", "params", "peak_rss_mb", "cold_max_count", "cold_users"]
     + list(COLD_KEYS)
+    + list(HISTORY_KEYS)
     + ["device", "threads", "wall_s", "finished_at", "valid_curve"]
 )
 PLOT_FILES = {"valid_curves": "valid_ndcg10.png", "quality_vs_time": "quality_vs_time.png"}
@@ -164,6 +165,23 @@ def cold_table(summaries, cold_max_count) -> List[str]:
     intro = (
         f"Test users whose target item is the target of at most {cold_max_count} training sequences "
         "(items rare in training); the same users for every model."
+    )
+    return [intro, ""] + _table(header, rows)
+
+
+def history_table(summaries) -> List[str]:
+    """The models' top 10 against each user's input history (runs cached before it was measured: "-")."""
+    header = ["Model", "Features", "History items in top 10", "NDCG@10", "NDCG@10, history left out", "Recall@10, history left out"]
+    rows = [
+        [s["model"], _features_mark(s), _fmt(s, "history_in_top10", 2), _fmt(s, "ndcg@10"), _fmt(s, "unseen_ndcg@10"),
+         _fmt(s, "unseen_recall@10")]
+        for s in summaries
+    ]
+    intro = (
+        "RecBole ranks every item for sequential models, the items of the user's input history included. "
+        "How many of those each model puts in its top 10, and its metrics when they are left out of the "
+        "ranking (the target always stays in): on data where users do not repeat items, slots spent on "
+        "history items are lost."
     )
     return [intro, ""] + _table(header, rows)
 
@@ -287,6 +305,8 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), attention=N
     lines += ["## Quality (test set, mean ± std over seeds)", ""] + quality_table(summaries) + [""]
     if any(s.get("cold_users_mean") for s in summaries):
         lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"]) + [""]
+    if any(s.get("history_in_top10_mean") is not None for s in summaries):
+        lines += ["## History items", ""] + history_table(summaries) + [""]
     lines += ["## Features vs ID-only", ""] + features_verdict(summaries) + [""]
     lines += ["## Speed", ""] + speed_table(summaries) + [""]
     if attention:
