@@ -246,6 +246,8 @@ class MultimodalTrainer(Trainer):
             batch["index"] += 1
             losses = loss_func(interaction)
             terms = losses if isinstance(losses, tuple) else (losses,)
+            if bool(torch.isfinite(torch.stack([term.detach().sum() for term in terms])).all()):
+                return losses  # one device sync per batch; the per-term search below only runs on a fault
             for index, term in enumerate(terms):
                 if not bool(torch.isfinite(term).all()):
                     kind = "nan" if bool(torch.isnan(term).any()) else "inf"

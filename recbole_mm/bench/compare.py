@@ -517,13 +517,13 @@ def history_rankings(scores, rows, items, item_seq, k: int = 10):
     """
     import torch
 
-    seen = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, item_seq.long(), True)
+    row_scores = scores[rows]
+    seen = torch.zeros(row_scores.shape, dtype=torch.bool, device=scores.device).scatter_(1, item_seq[rows].long(), True)
     seen[:, 0] = False  # the padding id is never a candidate
-    top = scores[rows].topk(min(k, scores.shape[1]), dim=1).indices
-    in_top = seen[rows].gather(1, top).sum(dim=1)
-    seen[rows, items] = False
-    target_scores = scores[rows, items]
-    unseen_ranks = (scores[rows].masked_fill(seen[rows], float("-inf")) > target_scores.unsqueeze(1)).sum(dim=1)
+    in_top = seen.gather(1, row_scores.topk(min(k, row_scores.shape[1]), dim=1).indices).sum(dim=1)
+    targets = torch.arange(len(rows), device=scores.device)
+    seen[targets, items] = False
+    unseen_ranks = (row_scores.masked_fill(seen, float("-inf")) > row_scores[targets, items].unsqueeze(1)).sum(dim=1)
     return in_top.cpu(), unseen_ranks.cpu()
 
 
