@@ -14,6 +14,8 @@ its own (see :mod:`recbole_mm.registry`), so stock ``run_recbole`` uses it too. 
   raises :class:`CheckpointMismatchError` saying what was saved and what this run is.
 * Under DDP all processes use rank 0's checkpoint file name and wait for its writes, so every rank
   reloads the same, complete best model.
+* ``exclude_history: True`` ranks without the items of the user's input sequence (validation and
+  test; see :mod:`recbole_mm.evaluation`). Off by default: RecBole's ranking.
 """
 
 import os
@@ -26,6 +28,7 @@ from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_mm import compat
+from recbole_mm.evaluation import HistoryExclusion
 
 
 class CheckpointMismatchError(ValueError):
@@ -107,8 +110,9 @@ def resume_file_for(saved_model_file):
     return f"{stem}-last{extension or '.pth'}"
 
 
-class MultimodalTrainer(Trainer):
-    """RecBole's ``Trainer`` with per-epoch resumable checkpoints, named loss faults and DDP-safe saving."""
+class MultimodalTrainer(HistoryExclusion, Trainer):
+    """RecBole's ``Trainer`` with per-epoch resumable checkpoints, named loss faults, DDP-safe saving
+    and the optional history-excluded ranking."""
 
     def __init__(self, config, model):
         super().__init__(config, model)
