@@ -66,7 +66,8 @@ def naive_sal(layer, x, real):
         outputs["block"] = masked_attention(q, k_cmp, v_cmp, ((block + 1) * size - 1 <= t) & valid)
         # importance: block-branch probabilities at the first query of t's block over earlier blocks, head-summed
         first = (t // size) * size  # [L, 1]
-        candidate = (block < t // size) & valid  # [B, 1, L, nb]
+        reach = w if layer.select_outside_window and "window" in layer.branches else 0
+        candidate = (block < t // size) & ((block + 1) * size - 1 <= first - reach) & valid  # [B, 1, L, nb]
         scores = (q[:, :, first[:, 0]] @ k_cmp.transpose(-1, -2)) / math.sqrt(D // H)
         probs = torch.softmax(scores.masked_fill(~candidate, float("-inf")), -1).nan_to_num(0.0).sum(1, keepdim=True)
         top, picked = probs.masked_fill(~candidate, -1.0).topk(min(n - 1, n_blocks), -1)
@@ -83,13 +84,14 @@ def naive_sal(layer, x, real):
     return layer.out(context.transpose(1, 2).reshape(batch, length, D))
 
 
+@pytest.mark.parametrize("outside", [True, False])
 @pytest.mark.parametrize(
     "length,window,block,top,left",
     [(64, 8, 8, 3, False), (37, 8, 8, 3, True), (37, 5, 6, 2, False), (23, 4, 4, 1, False), (5, 8, 8, 4, False)],
 )
-def test_sparse_matches_naive_reference(length, window, block, top, left):
+def test_sparse_matches_naive_reference(length, window, block, top, left, outside):
     """Chunked window, compressed blocks and gathered selection equal the dense-mask definitions (odd L too)."""
-    layer = make_layer(window_size=window, block_size=block, top_blocks=top)
+    layer = make_layer(window_size=window, block_size=block, top_blocks=top, select_outside_window=outside)
     x = torch.randn(3, length, D)
     real = padding_mask([length, length - 3, max(1, length // 2 - 1)], length, left=left)
     with torch.no_grad():
@@ -186,13 +188,53 @@ def test_each_branch_changes_the_output(branch):
     assert delta[:, 16:].abs().max() > 1e-3  # every branch is live once two blocks are complete
 
 
-def test_select_without_block_branch_still_ranks_blocks():
-    layer = make_layer(window_size=4, block_size=4, top_blocks=2, branches=("window", "select"))
+@pytest.mark.parametrize("outside", [True, False])
+def test_select_without_block_branch_still_ranks_blocks(outside):
+    layer = make_layer(window_size=4, block_size=4, top_blocks=2, branches=("window", "select"), select_outside_window=outside)
     assert "block" in layer.key_value and layer.branches == ("window", "select")
     x = torch.randn(2, 24, D)
     real = padding_mask([24, 17], 24, left=True)
     with torch.no_grad():
         torch.testing.assert_close(layer(x, real), naive_sal(layer, x, real), atol=1e-5, rtol=1e-4)
+
+
+SELECT_CONFIGS = [("window", "block", "select"), ("window", "select"), ("block", "select"), ("select",)]
+
+
+@pytest.mark.parametrize("branches", SELECT_CONFIGS)
+def test_selector_is_trained_in_every_branch_configuration(branches):
+    """Block keys and compressor rank the blocks; they must get a gradient even without the block branch."""
+    layer = make_layer(window_size=8, block_size=4, top_blocks=3, branches=branches).train()
+    layer(torch.randn(2, 48, D), padding_mask([48, 37], 48)).square().sum().backward()
+    for name, parameter in (("key_value.block", layer.key_value["block"].weight), ("compress", layer.compress.position_weight)):
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (branches, name)
+
+
+def test_straight_through_bias_leaves_outputs_unchanged():
+    """The selector's gradient path adds zero to the forward values (grad on and off agree up to kernel rounding)."""
+    layer = make_layer(window_size=8, block_size=4, top_blocks=3)
+    x, real = torch.randn(2, 41, D), padding_mask([41, 30], 41)
+    with torch.no_grad():
+        expected = layer(x, real)
+    torch.testing.assert_close(layer(x.requires_grad_(), real), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window,block", [(8, 4), (6, 4), (4, 4), (3, 8)])
+def test_selected_blocks_never_overlap_the_window(window, block):
+    """With select_outside_window, no chosen block holds an item inside any of its queries' windows."""
+    length, top = 96, 4
+    x = torch.randn(3, length, D)
+    chosen = make_layer(window_size=window, block_size=block, top_blocks=top).selected_blocks(x)  # [B, nq, ns]
+    first_query = torch.arange(chosen.shape[1])[None, :, None] * block  # whose window reaches furthest back
+    picked = chosen[..., :-1]
+    last_item = (picked + 1) * block - 1
+    assert (picked >= 0).any()  # the check is not vacuous
+    assert ((picked < 0) | (last_item <= first_query - window)).all()
+    assert torch.equal(chosen[..., -1], torch.arange(chosen.shape[1]).expand(3, -1))  # own block last
+    if window > block:  # without the option the selection does pick blocks the window shows
+        free = make_layer(window_size=window, block_size=block, top_blocks=top, select_outside_window=False).selected_blocks(x)
+        overlapping = (free[..., :-1] >= 0) & ((free[..., :-1] + 1) * block - 1 > first_query - window)
+        assert overlapping.any()
 
 
 def test_gates_start_window_dominated_and_survive_linear_reinit():

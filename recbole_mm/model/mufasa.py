@@ -49,6 +49,7 @@ class MUFASA(MultimodalSequentialRecommender):
         self.window_size = config["window_size"]
         self.block_size = config["block_size"]
         self.top_blocks = config["top_blocks"]
+        self.select_outside_window = config["select_outside_window"]
         self.use_mfl = config["use_mfl"]
         self.projection = config["projection"]
         self.feature_dropout_prob = config["feature_dropout_prob"]
@@ -84,6 +85,7 @@ class MUFASA(MultimodalSequentialRecommender):
             top_blocks=self.top_blocks,
             attention=self.attention,
             branches=self.sal_branches,
+            select_outside_window=self.select_outside_window,
         )
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)

@@ -7,7 +7,13 @@ projection (NSA keeps them separate so a branch cannot take shortcuts through an
 * ``block``:  one compressed key/value per *complete* block of ``l`` items that ends at or before ``t``:
   coarse, sequence-wide "interest block evolution".
 * ``select``: the ``n - 1`` most important earlier blocks (importance = the block branch's attention
-  scores) plus the block holding ``t``, attended at full resolution: fine "intra-block variation".
+  probabilities) plus the block holding ``t``, attended at full resolution: fine "intra-block variation".
+  With ``select_outside_window`` (default) only blocks wholly outside the window are candidates, so
+  the ``n - 1`` slots reach beyond what the window already shows. NSA instead always keeps the first
+  block and the local blocks in its selection; here the window branch shows the local items and the
+  own block is always selected, and an old first block has no special role in a user history.
+  The selector is trained in every configuration: by the block branch when it is on, and always by
+  a straight-through score bias in the selected branch (see ``SparseAttentionAlignment._select``).
 
 ``o_t = sum_b g_t^b * o_t^b`` with ``g_t = sigmoid(W x_t + b)`` per head and branch, initialised (as NSA
 and its reference implementation do) so that the window branch dominates at the start of training.
@@ -77,10 +83,16 @@ def complete_block_mask(length: int, n_blocks: int, block_size: int, device=None
     return block_end <= t
 
 
-def earlier_block_mask(n_blocks: int, device=None) -> torch.Tensor:
-    """``[nq, nq]``: key block ``k`` is a selection candidate for query block ``c`` iff ``k < c``."""
+def candidate_block_mask(n_blocks: int, block_size: int, window: int = 0, device=None) -> torch.Tensor:
+    """``[nq, nq]``: key block ``k`` is a selection candidate for query block ``c``.
+
+    ``window = 0``: every earlier block, ``k < c``. ``window = w``: only blocks that end at or before
+    ``c*l - w``, i.e. outside the window of every query of block ``c`` (the first query's window,
+    ``(c*l - w, c*l]``, reaches furthest back), so the selected slots never repeat what the window shows.
+    """
     blocks = torch.arange(n_blocks, device=device)
-    return blocks[None, :] < blocks[:, None]
+    block_end = (blocks[None, :] + 1) * block_size - 1
+    return (block_end <= blocks[:, None] * block_size - window) & (blocks[None, :] < blocks[:, None])
 
 
 def selected_slots_mask(block_size: int, n_slots: int, device=None) -> torch.Tensor:
@@ -215,6 +227,7 @@ class SparseAttentionAlignment(nn.Module):
         attn_dropout: float = 0.0,
         attention: str = "sparse",
         branches: Sequence[str] = BRANCHES,
+        select_outside_window: bool = True,
     ):
         super().__init__()
         if hidden_size % n_heads:
@@ -229,6 +242,7 @@ class SparseAttentionAlignment(nn.Module):
         self.hidden_size, self.n_heads, self.head_dim = hidden_size, n_heads, hidden_size // n_heads
         self.window_size, self.block_size, self.top_blocks = window_size, block_size, top_blocks
         self.attn_dropout, self.attention = attn_dropout, attention
+        self.select_outside_window = bool(select_outside_window)
         self.branches = tuple(b for b in BRANCHES if b in requested) if attention == "sparse" else ()
 
         # Key/value projections: one per branch; "select" ranks blocks with the block branch's keys.
@@ -256,15 +270,19 @@ class SparseAttentionAlignment(nn.Module):
         linear, d = self.key_value[name], self.hidden_size
         return self._heads(hidden, linear.weight[:d], linear.bias[:d]), self._heads(hidden, linear.weight[d:], linear.bias[d:])
 
-    def _attend(self, q, k, v, visible):
-        """SDPA with a boolean mask; also returns ``seen [..., Lq, 1]``: whether a query row sees any key.
+    def _attend(self, q, k, v, visible, bias=None):
+        """SDPA with a boolean mask (and an additive score ``bias``); also returns ``seen [..., Lq, 1]``:
+        whether a query row sees any key.
 
         Rows that see nothing attend to every key instead (finite maths and gradients on any backend);
         the caller zeroes them, for the sparse branches through the (much smaller) gate.
         """
         seen = visible.any(-1, keepdim=True)
         dropout = self.attn_dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout), seen
+        mask = visible | ~seen
+        if bias is not None:
+            mask = torch.where(mask, bias, float("-inf"))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), seen
 
     # ----- dense ablation -----------------------------------------------------------------------------
 
@@ -315,25 +333,56 @@ class SparseAttentionAlignment(nn.Module):
         """Block importance ``[B, nq, nq]`` for selection; ``-1`` marks non-candidates.
 
         The block branch's attention probabilities at each query block's *first* query (the latest
-        position all the block's queries may depend on) over the earlier blocks, summed over heads:
-        NSA sums them over the heads sharing a selection, here all heads share one.
+        position all the block's queries may depend on) over the candidate blocks, summed over heads:
+        NSA sums them over the heads sharing a selection, here all heads share one. Candidates are the
+        earlier blocks, or with ``select_outside_window`` those outside the window (see
+        :func:`candidate_block_mask`). Differentiable: :meth:`_select` passes a gradient back to it.
         """
         scores = torch.einsum("bchd,bkhd->bhck", q_first, k_cmp) / math.sqrt(self.head_dim)  # [B, H, nq, nq]
-        candidate = earlier_block_mask(layout.n_blocks, q_first.device) & valid[:, None, :]  # [B, nq, nq]
+        reach = layout.window if self.select_outside_window else 0
+        candidate = candidate_block_mask(layout.n_blocks, layout.size, reach, q_first.device) & valid[:, None, :]
         probs = torch.softmax(scores.masked_fill(~candidate[:, None], float("-inf")), -1).nan_to_num(0.0)
         return probs.sum(1).masked_fill(~candidate, -1.0)
 
+    def _choose(self, layout: BlockLayout, importance: Optional[torch.Tensor], device):
+        """Slots ``[B, nq, ns]`` (block numbers: the top ``n-1`` candidates, then the own block), whether
+        each slot holds a candidate, and the straight-through bias ``[B, nq, ns]`` (None without grad)."""
+        own = torch.arange(layout.n_blocks, device=device).expand(layout.batch, layout.n_blocks)[..., None]
+        n_pick = 0 if importance is None else min(self.top_blocks - 1, layout.n_blocks - 1)
+        if n_pick == 0:
+            return own, torch.ones_like(own, dtype=torch.bool), None
+        top, picked = importance.topk(n_pick, dim=-1)  # [B, nq, n-1]
+        slots = torch.cat([picked, own], -1)
+        slot_ok = torch.cat([top >= 0, torch.ones_like(own, dtype=torch.bool)], -1)
+        bias = torch.cat([top - top.detach(), torch.zeros_like(own, dtype=top.dtype)], -1) if top.requires_grad else None
+        return slots, slot_ok, bias
+
+    @torch.no_grad()
+    def selected_blocks(self, hidden: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Blocks each query block attends to in the selected branch, ``[B, nq, ns]``, -1 = empty slot
+        (the last slot is the own block). For inspection and tests; needs the ``select`` branch."""
+        if "select" not in self.branches:
+            raise ValueError("selected_blocks needs the 'select' branch")
+        batch, length, _ = hidden.shape
+        real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if key_padding_mask is None else key_padding_mask.bool()
+        layout = BlockLayout(batch, length, self.block_size, self.window_size if "window" in self.branches else 0)
+        flat_hidden, flat_real = layout.flatten(hidden), layout.flatten(real)
+        q = self._heads(flat_hidden, self.query.weight, self.query.bias).view(batch, layout.n_blocks, layout.size, self.n_heads, -1)
+        k_cmp, _, valid = self._compress(layout, flat_hidden, flat_real)
+        slots, slot_ok, _ = self._choose(layout, self._importance(layout, q[:, :, 0], k_cmp, valid), hidden.device)
+        return slots.masked_fill(~slot_ok, -1)
+
     def _select(self, layout: BlockLayout, q_blocks, hidden, real, importance: Optional[torch.Tensor]):
-        """Full-resolution attention to the top blocks + the own block (causally)."""
+        """Full-resolution attention to the top blocks + the own block (causally).
+
+        Top-k has no gradient, so the selector (block keys, compressor, queries) would learn only
+        through the block branch, and not at all without it. A straight-through bias trains it in
+        every configuration: each selected block's importance ``p`` enters its keys' attention scores
+        as ``p - stop_grad(p)``, zero in value (outputs are unchanged) with the gradient of a score
+        bias, so a block whose items help the loss gets its importance raised.
+        """
         batch, n_blocks, size = layout.batch, layout.n_blocks, layout.size
-        own = torch.arange(n_blocks, device=real.device).expand(batch, n_blocks)[..., None]  # [B, nq, 1]
-        n_pick = 0 if importance is None else min(self.top_blocks - 1, n_blocks - 1)
-        if n_pick > 0:
-            top, picked = importance.topk(n_pick, dim=-1)  # [B, nq, n-1]
-            slots = torch.cat([picked, own], -1)
-            slot_ok = torch.cat([top >= 0, torch.ones_like(own, dtype=torch.bool)], -1)
-        else:
-            slots, slot_ok = own, torch.ones_like(own, dtype=torch.bool)
+        slots, slot_ok, bias = self._choose(layout, importance, real.device)
         n_slots = slots.shape[-1]
         index = layout.block_index(slots)  # [B, nq, ns]
 
@@ -344,7 +393,9 @@ class SparseAttentionAlignment(nn.Module):
         keys, values = (gathered(x) for x in self._key_value("select", hidden))
         key_ok = real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
         visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, real.device)
-        return self._attend(q_blocks, keys, values, visible)  # visible [B*nq, 1, l, ns*l]
+        if bias is not None:
+            bias = bias[..., None].expand(-1, -1, -1, size).reshape(-1, 1, 1, n_slots * size)
+        return self._attend(q_blocks, keys, values, visible, bias)  # visible [B*nq, 1, l, ns*l]
 
     def _sparse(self, hidden, real, gate_override) -> torch.Tensor:
         """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
@@ -365,8 +416,7 @@ class SparseAttentionAlignment(nn.Module):
                 q_rows = q.view(batch, layout.padded, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, nq*l, dh]
                 outputs["block"] = self._block(layout, q_rows, k_cmp, v_cmp, valid)
             if "select" in self.branches:
-                with torch.no_grad():
-                    importance = self._importance(layout, q.view(*blocked, self.n_heads, -1)[:, :, 0], k_cmp, valid)
+                importance = self._importance(layout, q.view(*blocked, self.n_heads, -1)[:, :, 0], k_cmp, valid)
         if "select" in self.branches:
             outputs["select"] = self._select(layout, q_blocks, flat_hidden, flat_real, importance)
 
@@ -399,12 +449,13 @@ class SparseTransformerLayer(nn.Module):
     """Post-norm block like RecBole's TransformerLayer: SAL -> dropout -> residual -> LayerNorm -> FFN -> residual -> LayerNorm."""
 
     def __init__(self, hidden_size, n_heads, inner_size, hidden_dropout, attn_dropout, hidden_act, layer_norm_eps,
-                 window_size, block_size, top_blocks, attention, branches):
+                 window_size, block_size, top_blocks, attention, branches, select_outside_window=True):
         super().__init__()
         if hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {hidden_act!r}")
         self.attention = SparseAttentionAlignment(
-            hidden_size, n_heads, window_size, block_size, top_blocks, attn_dropout, attention, branches
+            hidden_size, n_heads, window_size, block_size, top_blocks, attn_dropout, attention, branches,
+            select_outside_window,
         )
         self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.inner = nn.Linear(hidden_size, inner_size)
@@ -423,11 +474,12 @@ class SparseTransformerEncoder(nn.Module):
 
     def __init__(self, n_layers=2, hidden_size=64, n_heads=2, inner_size=256, hidden_dropout=0.5, attn_dropout=0.5,
                  hidden_act="gelu", layer_norm_eps=1e-12, window_size=32, block_size=16, top_blocks=4,
-                 attention="sparse", branches=BRANCHES):
+                 attention="sparse", branches=BRANCHES, select_outside_window=True):
         super().__init__()
         self.layers = nn.ModuleList(
             SparseTransformerLayer(hidden_size, n_heads, inner_size, hidden_dropout, attn_dropout, hidden_act,
-                                   layer_norm_eps, window_size, block_size, top_blocks, attention, branches)
+                                   layer_norm_eps, window_size, block_size, top_blocks, attention, branches,
+                                   select_outside_window)
             for _ in range(n_layers)
         )
 
