@@ -13,7 +13,7 @@ projection (NSA keeps them separate so a branch cannot take shortcuts through an
   block and the local blocks in its selection; here the window branch shows the local items and the
   own block is always selected, and an old first block has no special role in a user history.
   The selector is trained in every configuration: by the block branch when it is on, and always by
-  a straight-through score bias in the selected branch (see ``SparseAttentionAlignment._select``).
+  a straight-through value gate in the selected branch (see ``SparseAttentionAlignment._select``).
 
 ``o_t = sum_b g_t^b * o_t^b`` with ``g_t = sigmoid(W x_t + b)`` per head and branch, initialised (as NSA
 and its reference implementation do) so that the window branch dominates at the start of training.
@@ -270,19 +270,15 @@ class SparseAttentionAlignment(nn.Module):
         linear, d = self.key_value[name], self.hidden_size
         return self._heads(hidden, linear.weight[:d], linear.bias[:d]), self._heads(hidden, linear.weight[d:], linear.bias[d:])
 
-    def _attend(self, q, k, v, visible, bias=None):
-        """SDPA with a boolean mask (and an additive score ``bias``); also returns ``seen [..., Lq, 1]``:
-        whether a query row sees any key.
+    def _attend(self, q, k, v, visible):
+        """SDPA with a boolean mask; also returns ``seen [..., Lq, 1]``: whether a query row sees any key.
 
         Rows that see nothing attend to every key instead (finite maths and gradients on any backend);
         the caller zeroes them, for the sparse branches through the (much smaller) gate.
         """
         seen = visible.any(-1, keepdim=True)
         dropout = self.attn_dropout if self.training else 0.0
-        mask = visible | ~seen
-        if bias is not None:
-            mask = torch.where(mask, bias, float("-inf"))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), seen
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout), seen
 
     # ----- dense ablation -----------------------------------------------------------------------------
 
@@ -346,7 +342,7 @@ class SparseAttentionAlignment(nn.Module):
 
     def _choose(self, layout: BlockLayout, importance: Optional[torch.Tensor], device):
         """Slots ``[B, nq, ns]`` (block numbers: the top ``n-1`` candidates, then the own block), whether
-        each slot holds a candidate, and the straight-through bias ``[B, nq, ns]`` (None without grad)."""
+        each slot holds a candidate, and the straight-through gate offset ``[B, nq, ns]`` (None without grad)."""
         own = torch.arange(layout.n_blocks, device=device).expand(layout.batch, layout.n_blocks)[..., None]
         n_pick = 0 if importance is None else min(self.top_blocks - 1, layout.n_blocks - 1)
         if n_pick == 0:
@@ -376,10 +372,13 @@ class SparseAttentionAlignment(nn.Module):
         """Full-resolution attention to the top blocks + the own block (causally).
 
         Top-k has no gradient, so the selector (block keys, compressor, queries) would learn only
-        through the block branch, and not at all without it. A straight-through bias trains it in
-        every configuration: each selected block's importance ``p`` enters its keys' attention scores
-        as ``p - stop_grad(p)``, zero in value (outputs are unchanged) with the gradient of a score
-        bias, so a block whose items help the loss gets its importance raised.
+        through the block branch, and not at all without it. A straight-through gate trains it in
+        every configuration: each selected block's values are scaled by ``1 + p - stop_grad(p)``
+        (``p`` its importance), exactly 1 in value (outputs are unchanged) with the gradient of a
+        per-block value gate, so a block whose items move the output the way the loss wants gets
+        its importance raised (the softmax over candidates supplies the baseline). Scaling values
+        rather than biasing scores keeps the attention on SDPA's fused kernel, which has no
+        gradient for a mask.
         """
         batch, n_blocks, size = layout.batch, layout.n_blocks, layout.size
         slots, slot_ok, bias = self._choose(layout, importance, real.device)
@@ -391,11 +390,11 @@ class SparseAttentionAlignment(nn.Module):
             return picked_items.view(batch * n_blocks, n_slots * size, *x.shape[1:]).transpose(1, 2)
 
         keys, values = (gathered(x) for x in self._key_value("select", hidden))
+        if bias is not None:  # [B, nq, ns] -> [B*nq, 1, ns*l, 1]
+            values = values * (1.0 + bias)[..., None].expand(-1, -1, -1, size).reshape(-1, 1, n_slots * size, 1)
         key_ok = real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
         visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, real.device)
-        if bias is not None:
-            bias = bias[..., None].expand(-1, -1, -1, size).reshape(-1, 1, 1, n_slots * size)
-        return self._attend(q_blocks, keys, values, visible, bias)  # visible [B*nq, 1, l, ns*l]
+        return self._attend(q_blocks, keys, values, visible)  # visible [B*nq, 1, l, ns*l]
 
     def _sparse(self, hidden, real, gate_override) -> torch.Tensor:
         """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
