@@ -15,7 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from planted_eval import recall_at, train_on_planted
 from recbole_mm.data.synthetic import planted_config
 from recbole_mm.data.synthetic_dmae import write_similar_history_dataset
-from recbole_mm.model.dmae import DMAE, RERANK_OFFSET
+from recbole_mm.data.synthetic import write_planted_dataset
+from recbole_mm.model.dmae import DMAE
 from recbole_mm.model.layers.interest import bucket_index, similarity_distribution, time_buckets
 
 RERANK = dict(dmae_mode="rerank", dmae_rerank_size=10, dmae_rerank_negs=4)
@@ -50,7 +51,10 @@ def test_stock_run_recbole_completes(tiny_config, mode):
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
 
 
-@pytest.mark.parametrize("overrides", [{}, {"dmae_sim_cache_mb": 0}, RERANK], ids=["lite-cached", "lite-direct", "rerank"])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"dmae_sim_cache_mb": 0}, {"dmae_shortlist": 9, "dmae_sim_cache_mb": 0}, {"dmae_shortlist": 9}, RERANK],
+    ids=["lite-cached", "lite-direct", "shortlist-direct", "shortlist-cached", "rerank"],
+)
 def test_full_sort_chunked_equals_unchunked_equals_predict(tiny_config, overrides):
     model, _, test = _model(tiny_config, dmae_chunk_size=7, score_chunk_size=5, dmae_rerank_chunk=3, **overrides)
     _perturb(model)
@@ -62,8 +66,22 @@ def test_full_sort_chunked_equals_unchunked_equals_predict(tiny_config, override
         looped = torch.stack([model.predict(_with_items(test, item)) for item in range(model.n_items)], 1)
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(looped, whole)
-    if model.dmae_mode == "rerank":  # exactly the top-C stay above the offset
-        assert ((whole > -RERANK_OFFSET / 2).sum(1) == model.rerank_size).all()
+    if model.dmae_mode == "rerank":  # exactly the backbone's top-C rank first
+        _assert_shortlist_ranks_first(model, test, whole, model.rerank_size)
+
+
+def _assert_shortlist_ranks_first(model, batch, scores, size):
+    """The backbone's top-``size`` items are the top-``size`` of ``scores``; the rest follow in backbone order."""
+    with torch.no_grad():
+        backbone = model.full_sort_scores(model._context(batch)["user"])
+    backbone[:, 0] = scores[:, 0] = -torch.inf
+    top = backbone.topk(size, dim=1).indices
+    assert torch.equal(top.sort(1).values, scores.topk(size, dim=1).indices.sort(1).values)
+    inside = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
+    inside[:, 0] = True
+    for row in range(len(scores)):
+        rest = (~inside[row]).nonzero().squeeze(1)
+        assert torch.equal(scores[row, rest].argsort(descending=True), backbone[row, rest].argsort(descending=True))
 
 
 class _LargestTensor(TorchDispatchMode):
@@ -275,3 +293,104 @@ def test_learns_the_planted_similar_to_history_pattern(similar_history):
     assert recall_at(ranks["head"]) > 3 * 10 / n_items, ranks
     assert ranks["head"].mean() < n_items / 4, ranks["head"].mean()
     assert ranks["head"].mean() < ranks["backbone"].mean(), (ranks["head"].mean(), ranks["backbone"].mean())
+
+
+def test_unsmoothed_distribution_loss_is_finite(tiny_config):
+    """``dmae_dist_smoothing: 0`` leaves empty bins in the target (``0 log 0``): loss and gradients stay finite."""
+    model, batch, _ = _model(tiny_config, dmae_dist_smoothing=0)
+    context = model._context(batch)
+    similarity, present = model._buckets(context, batch["item_id"].unsqueeze(1))[:2]
+    target = similarity_distribution(model.mieu.buckets.target_buckets(similarity[:, :, 0], present[:, :, 0]), context["valid"], model.mieu.n_bins, 0.0)
+    assert (target == 0).any()  # the case that gave NaN
+    losses = model.calculate_loss(batch)
+    assert torch.isfinite(torch.stack(losses)).all() and losses[-1] > 0
+    losses[-1].backward()
+    assert all(torch.isfinite(param.grad).all() for param in model.parameters() if param.grad is not None)
+
+
+@pytest.mark.parametrize("key,value", [("dmae_dist_smoothing", -1e-4), ("dmae_dist_weight", float("nan")), ("dmae_dist_weight", -0.1)])
+def test_bad_distribution_settings_raise(tiny_config, key, value):
+    with pytest.raises(ValueError, match=key):
+        _model(tiny_config, **{key: value})
+
+
+@pytest.mark.parametrize("overrides", [{}, {"dmae_sim_cache_mb": 0}, RERANK], ids=["lite-cached", "lite-direct", "rerank"])
+def test_positive_similarities_are_computed_once_per_step(tiny_config, overrides):
+    model, batch, _ = _model(tiny_config, **overrides)
+    positives = batch["item_id"].unsqueeze(1)
+    calls = []
+    forward = model.similarity.forward
+
+    def counting(matrices, masks, history, state, candidates):
+        calls.append(candidates.shape == positives.shape and torch.equal(candidates, positives))
+        return forward(matrices, masks, history, state, candidates)
+
+    model.similarity.forward = counting
+    model.calculate_loss(batch)
+    assert sum(calls) == 1, calls
+
+
+@pytest.mark.parametrize("cache", [256, 0], ids=["cached", "direct"])
+def test_shortlist_of_the_whole_catalogue_equals_full_scoring(tiny_config, cache):
+    model, _, test = _model(tiny_config, dmae_shortlist=0, dmae_sim_cache_mb=cache, dmae_chunk_size=6)
+    _perturb(model)
+    model.eval()
+    with torch.no_grad():
+        full = model.full_sort_predict(test)
+        model.shortlist = model.n_items - 1  # every real item
+        shortlisted = model.full_sort_predict(test)
+    torch.testing.assert_close(shortlisted[:, 1:], full[:, 1:])
+
+
+@pytest.mark.parametrize("size", [1, 5, 20])
+def test_shortlist_never_drops_the_backbones_top_items(tiny_config, size):
+    model, _, test = _model(tiny_config, dmae_shortlist=size, dmae_chunk_size=3, score_chunk_size=7)
+    _perturb(model, scale=1.0)  # a head strong enough to reorder everything it scores
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(test)
+    assert torch.isfinite(scores).all()
+    _assert_shortlist_ranks_first(model, test, scores, size)
+
+
+def _scoring_tensors(tmp_path, n_items, batch_size=2):
+    """``(N, B, [(shape, numel)] of every tensor one lite shortlist full-ranking call creates)``."""
+    data_path = str(tmp_path / f"catalogue{n_items}")
+    planted = write_planted_dataset(data_path, name="cat", seed=0, n_users=30, n_items=n_items, n_clusters=5, seq_len=(4, 8))
+    config = Config(model="DMAE", dataset="cat", config_dict=planted_config(
+        planted, data_path, MAX_ITEM_LIST_LENGTH=6, hidden_size=16, inner_size=16, n_layers=1, n_heads=1, dmae_n_buckets=4,
+        dmae_shortlist=8, dmae_chunk_size=4, score_chunk_size=32, dmae_sim_cache_mb=0, eval_batch_size=batch_size))
+    init_seed(0, True)
+    dataset = create_dataset(config)
+    _, _, test = data_preparation(config, dataset)
+    model = DMAE(config, test._dataset).eval()
+    batch = next(iter(test))[0]
+    probe = _AllTensors()
+    with torch.no_grad(), probe:
+        model.full_sort_predict(batch)
+    return model.n_items, len(batch), probe.tensors
+
+
+class _AllTensors(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.tensors = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor):
+                self.tensors.append((tuple(tensor.shape), tensor.numel()))
+        return out
+
+
+def test_shortlist_scoring_memory_does_not_grow_with_the_catalogue(tmp_path):
+    """Catalogue-wide tensors of one scoring call are only ``[N]`` ids and ``[B, N]`` scores (the
+    output); everything else is bounded by the chunks and the shortlist, the same at 4x the items."""
+    largest_other = []
+    for n_items in (2000, 8000):
+        n, batch, tensors = _scoring_tensors(tmp_path, n_items)
+        wide = {shape for shape, numel in tensors if numel >= n}
+        assert wide <= {(n,), (batch, n)}, wide
+        largest_other.append(max(numel for shape, numel in tensors if numel < n))
+    assert largest_other[0] == largest_other[1], largest_other

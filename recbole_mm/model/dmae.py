@@ -2,11 +2,12 @@
 
 Paper: "Distribution-Guided Auto-Encoder for User Multimodal Interest Cross Fusion" (Zhang et al.,
 CIKM 2025, arXiv 2508.14485). The paper is a CTR model that scores one target item; here it is a
-RecBole ``SequentialRecommender`` that ranks the whole catalogue (research/dmae.md section 7).
+RecBole ``SequentialRecommender`` that ranks the whole catalogue.
 """
 
 import contextlib
 import logging
+import math
 
 import torch
 from torch import nn
@@ -25,10 +26,12 @@ from recbole_mm.model.layers.interest import (
 )
 from recbole_mm.model.sasrecmm import SASRecMM
 
-RERANK_OFFSET = 1e4  # items outside the reranked top-C score backbone - RERANK_OFFSET
+SHORTLIST_MARGIN = 1.0  # the best item outside the shortlist scores this much below the lowest shortlisted one
 AFFINE_QUANTILES = (0.01, 0.999)  # data-driven initial affine maps these similarity quantiles to [0, 1]
 AFFINE_SAMPLE = 1024  # items sampled (fixed seed) to estimate them
-MAX_JOINT_CELLS = 4096  # lite keeps [B, L, cells] tables per user
+MAX_JOINT_CELLS = 4096  # lite keeps [B, L, cells] tables per user; cell ids fit the int16 cache
+CACHE_BUILD_BYTES = 16 * 2**20  # transient memory of one row block while the [N, N] cell tables are built
+BUILD_BYTES_PER_PAIR = 64  # transient bytes per (row, item) pair of that build (similarities, buckets, cells)
 
 
 class DMAE(SASRecMM):
@@ -40,19 +43,23 @@ class DMAE(SASRecMM):
     interests per behaviour and pools them into the user's interest in the candidate; a training-only
     decoder reconstructs the user's similarity distribution from that interest (KL).
 
-    Our decisions ([D] in research/dmae.md, where the paper is silent or targets CTR):
+    Our decisions, where the paper is silent or targets CTR:
     - Backbone = SASRecMM (ID + projected modalities), trained with CE over all items, so every item
       has a cheap, well-defined score; the DMAE head adds to it.
     - ``dmae_mode: lite`` (default): the decoupled head of :class:`DecoupledInterest` -- joint
       cross-modal buckets, behaviour weights once per user plus a per-(cell, time) bias, a score
-      linear in the interest vector -- scores all items in ``dmae_chunk_size`` chunks at O(L) gathers
-      per candidate; trained with a sampled softmax (``dmae_train_negs`` shared uniform negatives).
-      Without gradients, the joint cell and magnitude of every item pair are tabulated once
-      (``[N, N]``, when they fit ``dmae_sim_cache_mb``), so full ranking is lookups and gathers.
+      linear in the interest vector -- costs O(L) gathers per candidate. At full ranking it rescores
+      the backbone's top-``dmae_shortlist`` items per user (``dmae_chunk_size`` at a time; 0 = every
+      item), the rest keep their backbone order below them (:func:`merge_shortlist`), so a call's
+      memory beyond the ``[B, N]`` output is one chunk whatever the catalogue size. Trained with a
+      sampled softmax: ``dmae_train_negs`` shared uniform negatives plus ``dmae_hard_negs`` per
+      sequence from the backbone's top ranks. Without gradients, the joint cell and magnitude of
+      every item pair are tabulated once (``[N, N]``, when they fit ``dmae_sim_cache_mb``), so
+      scoring is lookups and gathers.
     - ``dmae_mode: rerank``: the full MIFU of :class:`BehaviourFusion` (per-behaviour modality
       weights, cross product term, attention pooling; computed exactly via per-user tables and
       histograms instead of ``[B, C, L, M, d]`` tensors) plus an MLP head on the backbone's
-      top-``dmae_rerank_size``; other items keep ``backbone - 1e4``. Trained listwise against hard
+      top-``dmae_rerank_size``, merged like the lite shortlist. Trained listwise against hard
       negatives drawn from that top list.
     - Click time: ``log2`` buckets of (target time - click time) from RecBole's ``timestamp_list``;
       reverse position when the dataset has no time field.
@@ -78,6 +85,9 @@ class DMAE(SASRecMM):
         self.chunk_size = int(config["dmae_chunk_size"])
         self.train_negs = int(config["dmae_train_negs"])
         self.rerank_size = min(int(config["dmae_rerank_size"]), self.n_items - 1)
+        self.shortlist = int(config["dmae_shortlist"])
+        self.hard_negs = int(config["dmae_hard_negs"])
+        self.hard_pool = int(config["dmae_hard_pool"])
         self.rerank_negs = int(config["dmae_rerank_negs"])
         self.rerank_chunk = int(config["dmae_rerank_chunk"])
         self.TIME_FIELD = config["TIME_FIELD"]
@@ -118,6 +128,9 @@ class DMAE(SASRecMM):
             raise ValueError(f"dmae_mode must be 'lite' or 'rerank', got {self.dmae_mode!r}")
         if self.time_mode not in ("gap", "position", "none"):
             raise ValueError(f"dmae_time must be gap | position | none, got {self.time_mode!r}")
+        for key, value in (("dmae_dist_weight", self.dist_weight), ("dmae_dist_smoothing", self.dist_smoothing)):
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
         if self.affine_init not in ("data", "identity"):
             raise ValueError(f"dmae_affine_init must be 'data' or 'identity', got {self.affine_init!r}")
         if self.dmae_mode == "lite" and (self.n_buckets + 1) ** len(self.modalities) > MAX_JOINT_CELLS:
@@ -125,6 +138,11 @@ class DMAE(SASRecMM):
                 f"(dmae_n_buckets + 1) ** {len(self.modalities)} modalities = {(self.n_buckets + 1) ** len(self.modalities)} joint "
                 f"cells exceeds {MAX_JOINT_CELLS}; lower dmae_n_buckets"
             )
+        for key, value in (("dmae_shortlist", self.shortlist), ("dmae_hard_negs", self.hard_negs)):
+            if value < 0:
+                raise ValueError(f"{key} must be >= 0, got {value}")
+        if self.hard_negs > 0 and self.hard_pool < self.hard_negs:
+            raise ValueError(f"dmae_hard_pool ({self.hard_pool}) must be >= dmae_hard_negs ({self.hard_negs})")
         if self.dmae_mode == "rerank" and not 0 < self.rerank_negs < self.rerank_size:
             raise ValueError(f"need 0 < dmae_rerank_negs ({self.rerank_negs}) < dmae_rerank_size ({self.rerank_size})")
 
@@ -136,10 +154,12 @@ class DMAE(SASRecMM):
         return self.time_mode
 
     def _fits_cache(self, n_modalities) -> bool:
-        """Whether the ``[N, N]`` tables fit ``dmae_sim_cache_mb``: similarities per modality (float32),
-        plus, for lite, the joint cell (int64) and magnitude (float32) of every pair."""
-        bytes_per_pair = 4 * n_modalities + (12 if self.dmae_mode == "lite" else 0)
-        return self.sim_cache_mb > 0 and bytes_per_pair * self.n_items**2 <= self.sim_cache_mb * 2**20
+        """Whether the ``[N, N]`` tables fit ``dmae_sim_cache_mb``: similarities per modality (float32,
+        built in place), plus, for lite, the joint cell (int16) and magnitude (float32) of every pair
+        and the transient memory of building those a row block at a time (``CACHE_BUILD_BYTES``)."""
+        bytes_per_pair = 4 * n_modalities + (6 if self.dmae_mode == "lite" else 0)
+        build = CACHE_BUILD_BYTES if self.dmae_mode == "lite" else 0
+        return self.sim_cache_mb > 0 and bytes_per_pair * self.n_items**2 + build <= self.sim_cache_mb * 2**20
 
     def _feature_matrices(self):
         return [getattr(self, f"feature_{name}") for name in self.modalities]
@@ -161,6 +181,33 @@ class DMAE(SASRecMM):
         low, high = similarity_quantiles(similarity.cpu(), present.cpu(), *AFFINE_QUANTILES).unbind(-1)
         scale = 1.0 / (high - low).clamp_min(1e-6)
         self.mieu.buckets.set_affine(scale, -low * scale)
+
+    @torch.no_grad()
+    def remap_self_pairs(self, enabled: bool = True) -> None:
+        """Inference-time probe of history suppression: with ``enabled``, every self-pair (candidate =
+        history item, ``r = 1`` in every modality: the "identity cell", which almost no other pair
+        reaches) gets the similarities of the history item's nearest *other* item (highest mean ``r``
+        over the modalities), so it lands in the cell and magnitude that neighbour would get and
+        the head can no longer tell "this is a history item". ``False`` restores the model as trained."""
+        self.similarity.self_similarity = None
+        self._cell_cache = None
+        if enabled:
+            self.similarity.self_similarity = self._nearest_other_similarity()
+
+    def _nearest_other_similarity(self) -> torch.Tensor:
+        """``[N, M]``: per modality, ``r`` between each item and its nearest other item (by mean ``r``)."""
+        ids = self.all_item_ids()
+        rows = []
+        for block in ids.split(max(1, (1 << 22) // self.n_items)):
+            history = block.unsqueeze(0)
+            similarity, _ = self._similarity(history, self.similarity.history_state(self._feature_matrices(), history), ids)
+            similarity = similarity[0]  # [blk, N, M]
+            closeness = similarity.mean(-1).clone()
+            closeness[:, 0] = -torch.inf
+            closeness[torch.arange(len(block)), block] = -torch.inf
+            nearest = closeness.argmax(1)
+            rows.append(similarity[torch.arange(len(block)), nearest])
+        return torch.cat(rows)
 
     # ----- per-user context ------------------------------------------------------------------------
 
@@ -202,8 +249,12 @@ class DMAE(SASRecMM):
         no gradient is needed and they fit the cache, else computed from the similarities."""
         if self.similarity.cached and not torch.is_grad_enabled():
             cells, magnitude = self._cell_tables()
-            return pair_lookup(cells, context["history"], candidates), pair_lookup(magnitude, context["history"], candidates)
-        _, _, scaled, index = self._buckets(context, candidates)
+            return pair_lookup(cells, context["history"], candidates).long(), pair_lookup(magnitude, context["history"], candidates)
+        return self._cells_of(self._buckets(context, candidates))
+
+    def _cells_of(self, buckets):
+        """Lite inputs ``(joint cell, magnitude)`` ``[B, L, C]`` of :meth:`_buckets`' output."""
+        _, _, scaled, index = buckets
         return cell_index(index, self.mieu.n_bins), scaled.mean(-1)
 
     def _cell_tables(self):
@@ -213,8 +264,16 @@ class DMAE(SASRecMM):
         masks = self._feature_masks()
         key = (tuple(buckets.scale.tolist()), tuple(buckets.shift.tolist()), tuple(mask._version for mask in masks), str(buckets.scale.device))
         if self._cell_cache is None or self._cell_cache[0] != key:
-            scaled, index = buckets(*self.similarity.full_table(masks))
-            self._cell_cache = (key, cell_index(index, self.mieu.n_bins), scaled.mean(-1))
+            self._cell_cache = None  # free the old tables before building new ones
+            device = buckets.scale.device
+            cells = torch.empty(self.n_items, self.n_items, dtype=torch.int16, device=device)
+            magnitude = torch.empty(self.n_items, self.n_items, device=device)
+            block = max(1, CACHE_BUILD_BYTES // (BUILD_BYTES_PER_PAIR * self.n_items))
+            for rows in self.all_item_ids().split(block):
+                scaled, index = buckets(*self.similarity.table_rows(masks, rows))
+                cells[rows] = cell_index(index, self.mieu.n_bins).to(torch.int16)
+                magnitude[rows] = scaled.mean(-1)
+            self._cell_cache = (key, cells, magnitude)
         return self._cell_cache[1:]
 
     # ----- the DMAE head ---------------------------------------------------------------------------
@@ -223,32 +282,48 @@ class DMAE(SASRecMM):
         """The user's multimodal interest ``z`` ``[B, C, d]`` in each candidate (MIEU + MIFU)."""
         _, _, scaled, index = buckets
         if self.dmae_mode == "lite":
-            return self.lite.interest(context["lite"], cell_index(index, self.mieu.n_bins), scaled.mean(-1))
+            return self.lite.interest(context["lite"], *self._cells_of(buckets))
         scaled, index = scaled.transpose(1, 2).contiguous(), index.transpose(1, 2).contiguous()  # [B, C, L, M]
         return self.fusion_unit(scaled, index, context["time"], context["behaviour"], context["user"], context["valid"])
 
     def _rerank_scores(self, context, candidates):
         """Full MIEU + MIFU + MLP head on per-user candidates ``[B, C]``, ``dmae_rerank_chunk`` at a time."""
-        scores = []
-        for chunk in candidates.split(self.rerank_chunk or candidates.shape[1], dim=1):
-            interest = self._interest(context, self._buckets(context, chunk))
-            target = context["user"].unsqueeze(1) * self.item_embedding(chunk)
-            scores.append(self.rerank_head(torch.cat([interest, target], -1)).squeeze(-1))
-        return torch.cat(scores, 1)
+        chunks = candidates.split(self.rerank_chunk or candidates.shape[1], dim=1)
+        return torch.cat([self._rerank_head(context, chunk, self._buckets(context, chunk)) for chunk in chunks], 1)
+
+    def _rerank_head(self, context, candidates, buckets):
+        """The rerank MLP on candidates ``[B, C]`` given their MIEU inputs."""
+        target = context["user"].unsqueeze(1) * self.item_embedding(candidates)
+        return self.rerank_head(torch.cat([self._interest(context, buckets), target], -1)).squeeze(-1)
 
     def _lite_scores(self, context, candidates):
         return self.lite(context["lite"], *self._cells(context, candidates))
 
     def _lite_all_items(self, context):
         """Lite head over the whole catalogue ``[B, N]``, ``dmae_chunk_size`` items at a time."""
-        ids = self.all_item_ids()
-        return torch.cat([self._lite_scores(context, chunk) for chunk in ids.split(self.chunk_size or self.n_items)], 1)
+        return self._lite_chunked(context, self.all_item_ids())
 
-    def _top_candidates(self, backbone):
-        """The backbone's top-``dmae_rerank_size`` items per user (padding item excluded)."""
-        backbone = backbone.detach().clone()
-        backbone[:, 0] = -torch.inf
-        return backbone.topk(self.rerank_size, dim=1).indices
+    def _lite_chunked(self, context, candidates):
+        """Lite head on candidates ``[C]`` (shared) or ``[B, C]`` (per user), ``dmae_chunk_size`` at a time."""
+        chunks = candidates.split(self.chunk_size or candidates.shape[-1], dim=-1)
+        return torch.cat([self._lite_scores(context, chunk) for chunk in chunks], 1)
+
+    @staticmethod
+    def _top_candidates(scores, size, exclude=None):
+        """The ``size`` best items per user of ``scores`` ``[B, N]``, never the padding item nor the
+        items of ``exclude`` ``[B, K]``. An inference-time ``scores`` is masked in place and restored
+        (no ``[B, N]`` copy); a training one (part of the graph) is copied first."""
+        with torch.no_grad():
+            copy = scores.requires_grad or exclude is not None
+            masked = scores.detach().clone() if copy else scores
+            padding = masked[:, 0].clone()
+            masked[:, 0] = -torch.inf
+            if exclude is not None:
+                masked.scatter_(1, exclude, -torch.inf)
+            top = masked.topk(size, dim=1).indices
+            if not copy:
+                masked[:, 0] = padding
+            return top
 
     # ----- training ----------------------------------------------------------------------------------
 
@@ -262,36 +337,54 @@ class DMAE(SASRecMM):
         context = self._context(interaction)
         positives = interaction[self.POS_ITEM_ID]
         logits = self.score_items(context["user"], self.all_item_ids())  # [B, N]
+        positive = self._buckets(context, positives.unsqueeze(1))  # once per step: the head's and the decoder's input
         losses = [nn.functional.cross_entropy(logits, positives)]
         if self.dmae_mode == "lite":
-            losses.append(self._lite_loss(context, logits, positives))
+            losses.append(self._lite_loss(context, logits, positives, positive))
         else:
-            losses.append(self._rerank_loss(context, logits, positives))
+            losses.append(self._rerank_loss(context, logits, positives, positive))
         if self.dist_weight > 0:
-            losses.append(self.dist_weight * self._distribution_loss(context, positives))
+            losses.append(self.dist_weight * self._distribution_loss(context, positive))
         return tuple(losses)
 
-    def _lite_loss(self, context, logits, positives):
+    def _lite_loss(self, context, logits, positives, positive_buckets):
         """Softmax over all items (``dmae_train_negs: 0``) or over the positive + shared uniform negatives."""
         if self.train_negs <= 0:
             return nn.functional.cross_entropy(logits + self._lite_all_items(context), positives)
         negatives = torch.randint(1, self.n_items, (self.train_negs,), device=positives.device)
-        positive = logits.gather(1, positives.unsqueeze(1)) + self._lite_scores(context, positives.unsqueeze(1))
+        positive = logits.gather(1, positives.unsqueeze(1)) + self.lite(context["lite"], *self._cells_of(positive_buckets))
         negative = logits[:, negatives] + self._lite_scores(context, negatives)
-        return _sampled_softmax(positive, negative, negatives.unsqueeze(0) == positives.unsqueeze(1))
+        collision = negatives.unsqueeze(0) == positives.unsqueeze(1)
+        if self.hard_negs > 0:
+            hard, unusable = self._hard_negatives(logits, positives, context["history"])
+            negative = torch.cat([negative, logits.gather(1, hard) + self._lite_scores(context, hard)], 1)
+            collision = torch.cat([collision.expand(len(hard), -1), unusable], 1)
+        return _sampled_softmax(positive, negative, collision)
 
-    def _rerank_loss(self, context, logits, positives):
+    def _hard_negatives(self, logits, positives, history):
+        """``dmae_hard_negs`` items per sequence drawn uniformly from the backbone's top-``dmae_hard_pool``,
+        the positive and the input history left out (items the head must beat once the history is
+        excluded). Returns ``(items [B, H], unusable [B, H])``: unusable marks draws that fell on an
+        excluded item (only when the catalogue is smaller than pool + history)."""
+        exclude = torch.cat([history, positives.unsqueeze(1)], 1)
+        pool = min(self.hard_pool, self.n_items - 1)
+        top = self._top_candidates(logits, pool, exclude)
+        hard = top.gather(1, torch.rand(top.shape, device=top.device).topk(min(self.hard_negs, pool), dim=1).indices)
+        unusable = (hard.unsqueeze(-1) == exclude.unsqueeze(1)).any(-1) | (hard == 0)
+        return hard, unusable
+
+    def _rerank_loss(self, context, logits, positives, positive_buckets):
         """Listwise softmax of the positive against ``dmae_rerank_negs`` items of the backbone's top list."""
-        top = self._top_candidates(logits)
+        top = self._top_candidates(logits, self.rerank_size)
         draw = torch.rand(top.shape, device=top.device).masked_fill(top == positives.unsqueeze(1), -1.0)
         negatives = top.gather(1, draw.topk(self.rerank_negs, dim=1).indices)
-        candidates = torch.cat([positives.unsqueeze(1), negatives], 1)
-        scores = logits.gather(1, candidates) + self._rerank_scores(context, candidates)
-        return _sampled_softmax(scores[:, :1], scores[:, 1:], negatives == positives.unsqueeze(1))
+        positive = logits.gather(1, positives.unsqueeze(1)) + self._rerank_head(context, positives.unsqueeze(1), positive_buckets)
+        negative = logits.gather(1, negatives) + self._rerank_scores(context, negatives)
+        return _sampled_softmax(positive, negative, negatives == positives.unsqueeze(1))
 
-    def _distribution_loss(self, context, positives):
-        """KL between the positive's similarity histogram (frozen buckets) and the decoded one."""
-        buckets = self._buckets(context, positives.unsqueeze(1))
+    def _distribution_loss(self, context, buckets):
+        """KL between the positive's similarity histogram (frozen buckets) and the decoded one;
+        ``buckets`` are the positive's MIEU inputs ``[B, L, 1, M]``."""
         similarity, present = buckets[0][:, :, 0], buckets[1][:, :, 0]  # [B, L, M]
         target = similarity_distribution(
             self.mieu.buckets.target_buckets(similarity, present), context["valid"], self.mieu.n_bins, self.dist_smoothing
@@ -309,8 +402,10 @@ class DMAE(SASRecMM):
     @contextlib.contextmanager
     def _item_vectors_once(self):
         """Without gradients, project every item's features once per call (``N`` rows) instead of
-        once per history position (``B * L`` rows) and again per scored chunk."""
-        if torch.is_grad_enabled():
+        once per history position (``B * L`` rows) and again per scored chunk. Skipped when the
+        backbone scores in chunks smaller than the catalogue: an ``[N, d]`` table would then outgrow
+        the chunk that bounds a scoring call's memory."""
+        if torch.is_grad_enabled() or 0 < self.score_chunk_size < self.n_items:
             yield
             return
         self._item_table = super().item_vectors(self.all_item_ids())
@@ -327,24 +422,41 @@ class DMAE(SASRecMM):
         with self._item_vectors_once():
             return self._full_sort_predict(interaction)
 
+    def _shortlist_size(self) -> int:
+        """Items the head rescores per user at full ranking; 0 = every item (lite without shortlist)."""
+        return self.rerank_size if self.dmae_mode == "rerank" else min(self.shortlist, self.n_items - 1)
+
     def _predict(self, interaction):
-        context = self._context(interaction)
         items = interaction[self.ITEM_ID]
+        if self._shortlist_size():  # the score depends on where the item falls in the backbone's ranking
+            return self._full_sort_predict(interaction).gather(1, items.unsqueeze(1))[:, 0]
+        context = self._context(interaction)
         backbone = (context["user"] * self.item_vectors(items)).sum(-1)
-        if self.dmae_mode == "lite":
-            return backbone + self._lite_scores(context, items.unsqueeze(1))[:, 0]
-        inside = (self._top_candidates(self.full_sort_scores(context["user"])) == items.unsqueeze(1)).any(1)
-        head = self._rerank_scores(context, items.unsqueeze(1))[:, 0]
-        return backbone + torch.where(inside, head, torch.full_like(head, -RERANK_OFFSET))
+        return backbone + self._lite_scores(context, items.unsqueeze(1))[:, 0]
 
     def _full_sort_predict(self, interaction):
         context = self._context(interaction)
         backbone = self.full_sort_scores(context["user"])  # [B, N], score_chunk_size at a time
-        if self.dmae_mode == "lite":
-            return backbone + self._lite_all_items(context)
-        top = self._top_candidates(backbone)
-        reranked = backbone.gather(1, top) + self._rerank_scores(context, top)
-        return (backbone - RERANK_OFFSET).scatter(1, top, reranked)
+        size = self._shortlist_size()
+        if not size:
+            return backbone.add_(self._lite_all_items(context))
+        top = self._top_candidates(backbone, size)
+        head = self._lite_chunked(context, top) if self.dmae_mode == "lite" else self._rerank_scores(context, top)
+        return merge_shortlist(backbone, top, head)
+
+
+def merge_shortlist(backbone, top, head, margin: float = SHORTLIST_MARGIN):
+    """Full-ranking scores ``[B, N]`` from the backbone's ``[B, N]`` (overwritten in place) and the
+    head's scores ``[B, C]`` on the shortlist ``top`` ``[B, C]``: shortlisted items score
+    ``backbone + head``; every other item keeps its backbone score shifted, per user, so that the
+    best of them sits ``margin`` below the lowest shortlisted score. The shortlist therefore always
+    ranks first, the rest follow in the backbone's order, and every score stays on the backbone's
+    scale (no large constant, which would turn small float32 differences into ties)."""
+    shortlisted = backbone.gather(1, top)
+    floor = shortlisted.min(1, keepdim=True).values
+    shortlisted = shortlisted + head
+    shift = shortlisted.min(1, keepdim=True).values - margin - floor
+    return backbone.add_(shift).scatter_(1, top, shortlisted)
 
 
 def _sampled_softmax(positive, negative, collision):

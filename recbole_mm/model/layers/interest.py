@@ -38,18 +38,23 @@ class PairSimilarity(nn.Module):
     ``[N]`` inverse norms and, with ``cache=True``, the whole ``[N, N]`` similarity table per modality,
     so scoring becomes a gather instead of a ``[B, L, D] x [D, C]`` product. Pairs where either item
     lacks the modality get the neutral value 0.5 and ``present = False``.
+
+    ``self_similarity`` (``[N, M]``, ``None`` = off) replaces the similarity of every self-pair
+    (candidate = history item, ``r = 1``) by the given values: an inference-time probe of how much a
+    model relies on the "candidate is in the history" flag that ``r = 1`` carries.
     """
 
     def __init__(self, features: Sequence[Tuple[torch.Tensor, torch.Tensor]], cache: bool = False):
         super().__init__()
         self.n_modalities = len(features)
         self.cached = cache
+        self.register_buffer("self_similarity", None, persistent=False)
         for index, (matrix, mask) in enumerate(features):
             inverse = inverse_norms(matrix.float(), mask)
             self.register_buffer(f"inverse_norm_{index}", inverse, persistent=False)
-            if cache:
+            if cache:  # built in place: no [N, N] temporaries besides the table itself
                 unit = matrix.float() * inverse.unsqueeze(1)
-                self.register_buffer(f"table_{index}", ((unit @ unit.t() + 1) / 2).clamp_(0, 1), persistent=False)
+                self.register_buffer(f"table_{index}", (unit @ unit.t()).add_(1).div_(2).clamp_(0, 1), persistent=False)
 
     def history_state(self, matrices: Sequence[torch.Tensor], history: torch.Tensor) -> List[torch.Tensor]:
         """Per-user data reused by every candidate chunk: unit history vectors ``[B, L, D_m]`` (or ids)."""
@@ -66,16 +71,20 @@ class PairSimilarity(nn.Module):
             else:
                 unit = matrices[m][candidates] * getattr(self, f"inverse_norm_{m}")[candidates].unsqueeze(-1)  # [(B,) C, D]
                 r = ((state[m] @ unit.transpose(-1, -2) + 1) / 2).clamp(0, 1)  # [B, L, C]
+            if self.self_similarity is not None:
+                same = history.unsqueeze(-1) == (candidates if candidates.dim() == 1 else candidates.unsqueeze(1))
+                r = torch.where(same, self.self_similarity[history, m].unsqueeze(-1), r)
             present = masks[m][history].unsqueeze(-1) & masks[m][candidates].unsqueeze(-2)
             similarities.append(torch.where(present, r, torch.full_like(r, NEUTRAL_SIMILARITY)))
             presence.append(present.expand_as(r))
         return torch.stack(similarities, -1), torch.stack(presence, -1)
 
-    def full_table(self, masks) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Every pair at once (cached mode): ``(r, present)`` ``[N, N, M]``."""
-        tables = [getattr(self, f"table_{m}") for m in range(self.n_modalities)]
-        present = torch.stack([mask.unsqueeze(1) & mask.unsqueeze(0) for mask in masks], -1)
-        similarity = torch.stack(tables, -1)
+    def table_rows(self, masks, rows: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``rows`` of every pair (cached mode): ``(r, present)`` ``[len(rows), N, M]``."""
+        similarity = torch.stack([getattr(self, f"table_{m}")[rows] for m in range(self.n_modalities)], -1)
+        present = torch.stack([mask[rows].unsqueeze(1) & mask.unsqueeze(0) for mask in masks], -1)
+        if self.self_similarity is not None:
+            similarity[torch.arange(len(rows), device=rows.device), rows] = self.self_similarity[rows]
         return torch.where(present, similarity, torch.full_like(similarity, NEUTRAL_SIMILARITY)), present
 
 
@@ -408,7 +417,7 @@ def similarity_distribution(buckets: torch.Tensor, valid: torch.Tensor, n_bins: 
     """Per-modality histogram ``[B, M, n_bins]`` of one candidate's buckets ``[B, L, M]`` over valid behaviours."""
     counts = weighted_histogram(buckets.transpose(1, 2), valid.unsqueeze(1).expand(-1, buckets.shape[2], -1).float(), n_bins)
     counts = counts + smoothing
-    return counts / counts.sum(-1, keepdim=True)
+    return counts / counts.sum(-1, keepdim=True).clamp_min(TINY)  # an empty history gives all zeros, not NaN
 
 
 class DistributionDecoder(nn.Module):
@@ -424,6 +433,7 @@ class DistributionDecoder(nn.Module):
         return torch.log_softmax(self.net(interest).view(-1, *self.shape), -1)
 
     def loss(self, interest: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """``sum_m KL(p_m || p_hat_m)``, averaged over users."""
-        return (target * (target.log() - self(interest))).sum((-1, -2)).mean()
+        """``sum_m KL(p_m || p_hat_m)``, averaged over users; ``0 log 0 = 0`` (``xlogy``), so an
+        unsmoothed target with empty bins stays finite."""
+        return (torch.xlogy(target, target) - target * self(interest)).sum((-1, -2)).mean()
 
