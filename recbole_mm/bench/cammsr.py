@@ -7,7 +7,8 @@ test Recall@5/10, NDCG@5/10 and training seconds per epoch (also as a ratio to S
 change one thing of CAMMSR. The robustness variant trains CAMMSR on a copy of the dataset whose
 ``.item`` file has the category field of ``--noise`` (default 20%) of the items replaced at random
 (written into a temporary data folder, the other files linked; the bundled files are never
-touched) and the table reports its drop against clean CAMMSR.
+touched) and the table reports its drop against clean CAMMSR; the same with the label-reading
+category prior on, against clean CAMMSR with the prior.
 
 Examples::
 
@@ -27,8 +28,17 @@ from recbole_mm import resources
 from recbole_mm.bench import ablation
 
 NOISY = "category noise"
+NOISY_PRIOR = "category noise (prior on)"
+PRIOR = "category prior on"
 SINGLE = "single modality"
 CLEAN = "CAMMSR"
+NOISE_BASELINE = {NOISY: CLEAN, NOISY_PRIOR: PRIOR}  # noisy variant -> the clean variant it is compared with
+# The first version's choices (before the scale, ID-path, gate and contrastive fixes), for comparison.
+FIRST_VERSION = {
+    "dyt_unit_gain": False, "input_norm": "dyt", "id_path": "expert", "id_dropout_prob": 0.5, "gate_norm": False,
+    "category_from": "item", "category_prior": True, "cl_false_negatives": False, "cl_warmup_steps": 0,
+    "swap_mode": "sources", "synergy_residual": False,
+}
 
 
 def dataset_settings(dataset: str) -> dict:
@@ -85,20 +95,22 @@ def perturb_categories(source_folder: str, target_folder: str, dataset: str, fie
 
 def noisy_data_path(args, name: str, config: dict, scratch: str) -> Optional[str]:
     """For the noise variant: a temporary data folder holding the perturbed copy of ``args.dataset``."""
-    if name != NOISY:
+    if name not in NOISE_BASELINE:
         return None
     root = args.data_path or resources.bundled_dataset_root(args.dataset)
     if root is None:
         raise SystemExit(f"cannot find {args.dataset}/: pass --data-path")
     field = config.get("category_field") or dataset_settings(args.dataset).get("category_field")
+    scratch = os.path.join(scratch, name.replace(" ", "_").replace(",", ""))
     changed = perturb_categories(os.path.join(root, args.dataset), os.path.join(scratch, args.dataset), args.dataset, field, args.noise, args.seed)
-    print(f"[cammsr-bench] {NOISY}: '{field}' of {changed} items replaced at random", file=sys.stderr, flush=True)
+    print(f"[cammsr-bench] {name}: '{field}' of {changed} items replaced at random", file=sys.stderr, flush=True)
     return scratch
 
 
 def drop_vs_clean(name: str, row: dict, rows: dict) -> str:
-    """NDCG@10 drop of a CAMMSR variant against clean CAMMSR (blank for other models)."""
-    clean, value = rows.get(CLEAN, {}).get("ndcg@10"), row.get("ndcg@10")
+    """NDCG@10 drop of a CAMMSR variant against clean CAMMSR (a noisy variant: against its clean
+    counterpart; blank for other models)."""
+    clean, value = rows.get(NOISE_BASELINE.get(name, CLEAN), {}).get("ndcg@10"), row.get("ndcg@10")
     if SUITE.variants[name][0] != "CAMMSR" or name == CLEAN or value is None or not clean:
         return ""
     return f"{100 * (clean - value) / clean:+.1f}%"
@@ -111,12 +123,22 @@ SUITE = ablation.AblationSuite(
         "SASRec": ("SASRec", {}),
         "SASRecMM": ("SASRecMM", {}),
         CLEAN: ("CAMMSR", {}),
-        "w/o category guidance": ("CAMMSR", {"cat_weight": 0.0, "category_prior": False}),
+        "w/o category guidance": ("CAMMSR", {"cat_weight": 0.0}),
         "w/o swap CL": ("CAMMSR", {"cl_weight": 0.0}),
         "LayerNorm (no DyT)": ("CAMMSR", {"norm": "layernorm"}),
+        "DyT gamma 1 (no unit gain)": ("CAMMSR", {"dyt_unit_gain": False}),
         "w/o gate (mean)": ("CAMMSR", {"gating": "mean"}),
+        "raw gate (no gate_norm)": ("CAMMSR", {"gate_norm": False}),
+        "category head on z": ("CAMMSR", {"category_from": "item"}),
+        "ID as gated expert": ("CAMMSR", {"id_path": "expert"}),
+        "w/o synergy experts": ("CAMMSR", {"synergy_experts": False}),
+        "CL w/o false-negative mask": ("CAMMSR", {"cl_false_negatives": False}),
+        "swap re-runs experts": ("CAMMSR", {"swap_mode": "sources"}),
+        "first-version settings": ("CAMMSR", FIRST_VERSION),
+        PRIOR: ("CAMMSR", {"category_prior": True}),
         SINGLE: ("CAMMSR", {}),  # the first modality alone (first_modality_only)
         NOISY: ("CAMMSR", {}),
+        NOISY_PRIOR: ("CAMMSR", {"category_prior": True}),
     },
     metrics=("recall@5", "recall@10", "ndcg@5", "ndcg@10"),
     config_extras={"topk": [5, 10], "metrics": ["Recall", "NDCG"]},
