@@ -3,16 +3,22 @@
 RecBole 1.2.1 has no plugin registry: ``get_model`` looks a name up as
 ``recbole.model.<type>_recommender.<lowercase name>``, ``create_dataset`` as
 ``recbole.data.dataset.<Name>Dataset`` and ``get_trainer`` as ``recbole.trainer.<Name>Trainer``.
-:func:`register` puts the plugin's classes at those places (aliasing each model module into
-``sys.modules``) and teaches ``Config`` to read the plugin's ``properties/model/<Model>.yaml`` and
-``properties/dataset/<ds>.yaml`` the way it reads RecBole's own files. After ``import recbole_mm``,
-stock ``recbole.quick_start.run_recbole(model="SASRecMM", dataset=...)`` works.
+:func:`register` makes those names answer with the plugin's classes (an alias module in
+``sys.modules`` per model, a module ``__getattr__`` for datasets and trainers; each plugin module is
+imported when RecBole first asks for it) and teaches ``Config`` to read the plugin's
+``properties/model/<Model>.yaml`` and ``properties/dataset/<ds>.yaml`` the way it reads RecBole's
+own files. :func:`activate` does all of it, together with :mod:`recbole_mm.compat`, right after
+RecBole's first import: after ``import recbole_mm``, stock
+``recbole.quick_start.run_recbole(model="SASRecMM", dataset=...)`` works.
 """
 
 import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
+import types
 
 import yaml
 
@@ -26,7 +32,7 @@ PLUGIN_MODELS = {
     "CAMMSR": "recbole_mm.model.cammsr",
 }
 
-_REGISTERED = {}
+_REGISTERED = {}  # model name -> module that defines it
 _PLUGIN_OVERALL = {"active": False}
 
 
@@ -106,39 +112,164 @@ def _default_trainer():
     return MultimodalTrainer
 
 
-def register_model(name, module_name):
-    """Expose one plugin model (and its dataset / trainer classes) to RecBole's lookups."""
+def _model_class(name):
+    return getattr(importlib.import_module(_REGISTERED[name]), name)
+
+
+class _PluginModelModule(types.ModuleType):
+    """What ``recbole.model.sequential_recommender.<name>`` holds for a plugin model.
+
+    RecBole's ``get_model`` finds it by name (``find_spec`` answers from ``sys.modules``) and
+    reads the class from it; the plugin's module is imported then, on that first read.
+    """
+
+    def __init__(self, alias, target):
+        super().__init__(alias, f"Alias of {target} for RecBole's get_model.")
+        self.__spec__ = importlib.machinery.ModuleSpec(alias, None)
+        self._target = target
+
+    def __getattr__(self, attribute):
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return getattr(importlib.import_module(self._target), attribute)
+
+
+def _lookup(suffix, pick):
+    """Module ``__getattr__`` answering ``<Model><suffix>`` for registered plugin models."""
+
+    def module_getattr(attribute):
+        name = attribute[: -len(suffix)] if attribute.endswith(suffix) else None
+        if name in _REGISTERED:
+            found = pick(_model_class(name))
+            if found is not None:
+                return found
+        raise AttributeError(attribute)
+
+    module_getattr._recbole_mm_lookup = True
+    return module_getattr
+
+
+def _install_lookups():
+    """``recbole.data.dataset.<Model>Dataset`` and ``recbole.trainer.<Model>Trainer`` for plugin
+    models, answered when RecBole's ``create_dataset`` / ``get_trainer`` ask (PEP 562 module
+    ``__getattr__``: only names the modules do not define reach it)."""
     import recbole.data.dataset as dataset_package
-    import recbole.model.sequential_recommender  # noqa: F401  (parent package must exist)
     import recbole.trainer as trainer_package
 
-    module = importlib.import_module(module_name)
-    model_class = getattr(module, name)
+    lookups = (
+        (dataset_package, _lookup("Dataset", lambda cls: getattr(cls, "dataset_class", None))),
+        (trainer_package, _lookup("Trainer", lambda cls: getattr(cls, "trainer_class", None) or _default_trainer())),
+    )
+    for package, module_getattr in lookups:
+        present = package.__dict__.get("__getattr__")
+        if present is not None and not getattr(present, "_recbole_mm_lookup", False):
+            raise RuntimeError(f"cannot register plugin models: {package.__name__} already defines __getattr__")
+        package.__getattr__ = module_getattr
+
+
+def register_model(name, module_name):
+    """Expose one plugin model (class ``name`` in ``module_name``) to RecBole's lookups.
+
+    Nothing of the model is imported here: ``get_model(name)`` imports ``module_name`` when RecBole
+    first reads the class, and ``<name>Dataset`` / ``<name>Trainer`` are the class's
+    ``dataset_class`` / ``trainer_class`` (default :class:`recbole_mm.trainer.MultimodalTrainer`).
+    """
+    activate()
+    import recbole.model.sequential_recommender  # noqa: F401  (parent package must exist)
+
     alias = f"recbole.model.sequential_recommender.{name.lower()}"
     existing = sys.modules.get(alias)
-    if existing is not None and existing is not module:
+    if existing is not None and getattr(existing, "_target", None) != module_name:
         raise RuntimeError(f"cannot register {name}: RecBole already has a module {alias}")
-    sys.modules[alias] = module
-    dataset_class = getattr(model_class, "dataset_class", None)
-    if dataset_class is not None:
-        setattr(dataset_package, f"{name}Dataset", dataset_class)
-    trainer_class = getattr(model_class, "trainer_class", None) or _default_trainer()
-    setattr(trainer_package, f"{name}Trainer", trainer_class)
-    _REGISTERED[name] = model_class
-    return model_class
+    if existing is None:
+        if importlib.util.find_spec(alias) is not None:
+            raise RuntimeError(f"cannot register {name}: RecBole already has a module {alias}")
+        sys.modules[alias] = _PluginModelModule(alias, module_name)
+    _REGISTERED[name] = module_name
+    return name
 
 
 def register():
-    """Register every plugin model whose module is present; idempotent. Returns the names."""
-    _install_config_hook()
+    """Register every plugin model of this build; idempotent. Returns the registered names."""
+    activate()
     for name, module_name in PLUGIN_MODELS.items():
-        if name in _REGISTERED:
-            continue
-        if importlib.util.find_spec(module_name) is None:  # model file not part of this build
-            continue
-        register_model(name, module_name)
+        if name not in _REGISTERED and importlib.util.find_spec(module_name) is not None:
+            register_model(name, module_name)
     return sorted(_REGISTERED)
 
 
 def registered_models():
-    return dict(_REGISTERED)
+    """Registered plugin models, name -> class (importing their modules)."""
+    return {name: _model_class(name) for name in sorted(_REGISTERED)}
+
+
+# --- activation: when RecBole is imported ----------------------------------------------------------
+
+_ACTIVE = {"done": False, "running": False}
+
+
+def activate():
+    """Apply :mod:`recbole_mm.compat`, hook ``Config`` and register the models; idempotent.
+
+    Runs by itself right after RecBole's top package is first imported (see
+    :func:`activate_when_recbole_is_imported`), so ``import recbole_mm`` stays light (no torch,
+    no RecBole) for the data tools, and ``import recbole_mm`` followed by any RecBole import makes
+    stock ``run_recbole(model="MUFASA")`` work.
+    """
+    if _ACTIVE["done"] or _ACTIVE["running"]:
+        return
+    _ACTIVE["running"] = True
+    try:
+        from recbole_mm import compat
+
+        compat.apply()
+        _install_config_hook()
+        _install_lookups()
+        _ACTIVE["done"] = True
+        register()
+    finally:
+        _ACTIVE["running"] = False
+
+
+class _ActivateAfter(importlib.abc.Loader):
+    """Loader of the ``recbole`` package: RecBole's own loader, then :func:`activate`."""
+
+    def __init__(self, loader, finder):
+        self._loader, self._finder = loader, finder
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        if self._finder in sys.meta_path:
+            sys.meta_path.remove(self._finder)
+        activate()
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _RecBoleImportHook(importlib.abc.MetaPathFinder):
+    """Finds ``recbole`` with the other finders and wraps its loader in :class:`_ActivateAfter`."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "recbole":
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None:
+                    spec.loader = _ActivateAfter(spec.loader, self)
+                return spec
+        return None
+
+
+def activate_when_recbole_is_imported():
+    """Activate now if RecBole is already imported, else right after its first import."""
+    if "recbole" in sys.modules:
+        activate()
+    elif not any(isinstance(finder, _RecBoleImportHook) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _RecBoleImportHook())

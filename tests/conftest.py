@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-import recbole_mm  # noqa: F401  (applies compat and registers the models before any test)
+import recbole_mm  # noqa: F401  (before RecBole: its first import then applies compat and registers the models)
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
 
 # Test tensors are tiny: one thread is faster than two and immune to other processes on the machine.
@@ -46,3 +46,7 @@ def tiny_config(tiny_planted):
 
 def pytest_configure(config):
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    config.addinivalue_line(
+        "markers", "slow: trains for more than a few seconds, starts interpreters or processes, or builds a package "
+        "(the fast lane is pytest -m 'not slow')"
+    )

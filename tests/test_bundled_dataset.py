@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from recbole_mm import resources
-from recbole_mm.data.feature_files import feature_paths, read_ids
-from recbole_mm.embed import movielens
+from recbole_mm.feature_files import feature_paths, read_ids
+from recbole_mm.data.convert import movielens
 
 NAME = "ml-100k-mm"
 FOLDER = os.path.join(resources.datasets_dir(), NAME)

@@ -18,7 +18,7 @@ from recbole.quick_start import run_recbole
 from recbole_mm.data.convert.__main__ import main as convert_main
 from recbole_mm.data.convert.amazon import read_meta, read_records, read_reviews
 from recbole_mm.data.convert.common import chronological, clean_text, k_core
-from recbole_mm.data.feature_files import feature_paths, read_ids
+from recbole_mm.feature_files import feature_paths, read_ids
 from test_embed import text_model  # noqa: F401  (fixture: a tiny random sentence-transformers folder)
 
 TINY_RUN = dict(epochs=1, train_batch_size=64, eval_batch_size=64, hidden_size=8, inner_size=16, n_layers=1, n_heads=1,

@@ -10,9 +10,10 @@ import json
 import numpy as np
 import pytest
 
-from recbole_mm.data.feature_files import feature_paths, read_ids
+from recbole_mm.feature_files import feature_paths, read_ids
 from recbole_mm.embed import ModelNotFoundError
-from recbole_mm.embed import movielens, text
+from recbole_mm.data.convert import movielens
+from recbole_mm.embed import text
 from recbole_mm.embed.__main__ import main
 from recbole_mm.embed.runner import EncodeOptions, encode_to_features
 from recbole_mm.embed.table import read_table

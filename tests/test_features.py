@@ -5,7 +5,7 @@ import pytest
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 
-from recbole_mm.data.feature_files import feature_paths, write_features, write_ids
+from recbole_mm.feature_files import feature_paths, write_features, write_ids
 from recbole_mm.data.features import align_features, read_feature_file
 
 TOKENS = ["a", "b", "c"]

@@ -14,7 +14,7 @@ from recbole.quick_start import run_recbole
 from recbole.utils import get_model, init_seed
 
 from conftest import TINY
-from recbole_mm.data.feature_files import feature_paths, read_ids, write_features
+from recbole_mm.feature_files import feature_paths, read_ids, write_features
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
 
 MODELS = ["SASRecMM", "MUFASA", "DMAE", "CAMMSR"]

@@ -1,7 +1,7 @@
 """Multimodal feature store: read feature files, validate them, align rows to RecBole's item ids.
 
 Input per modality: ``<feature_path>/<ds>.<modality>.npy`` + ``.ids`` (see
-:mod:`recbole_mm.data.feature_files`). Output per modality: a float32 matrix ``[n_items, d]`` whose
+:mod:`recbole_mm.feature_files`). Output per modality: a float32 matrix ``[n_items, d]`` whose
 row ``i`` belongs to RecBole's internal item id ``i`` (row 0, the padding item, is zero) and a
 boolean mask saying which rows a model may use. Items without a row follow ``missing_feature``:
 ``zero`` gives a zero row with mask False (the model takes its missing-modality path), ``mean``
@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from recbole_mm.data.feature_files import feature_paths, read_ids
+from recbole_mm.feature_files import feature_paths, read_ids
 
 MISSING_POLICIES = ("zero", "mean", "error")
 MMAP_THRESHOLD_BYTES = 64 * 1024 * 1024  # memory-map feature files larger than this

@@ -6,13 +6,13 @@
         --output dataset/my-ds --dataset my-ds --modality image --normalize
     python -m recbole_mm.embed image --images covers/ --backend timm --model resnet50/model.safetensors \
         --model-arch resnet50.a1_in1k --output dataset/my-ds --dataset my-ds --modality image
-    python -m recbole_mm.embed movielens        # rebuilds the bundled dataset/ml-100k-mm
 
-Output: ``<output>/<dataset>.<modality>.npy`` + ``.ids`` (:mod:`recbole_mm.data.feature_files`),
+Output: ``<output>/<dataset>.<modality>.npy`` + ``.ids`` (:mod:`recbole_mm.feature_files`),
 rows in input order; items with empty text or no readable image get no row. Runs are batched and
 resumable: finished chunks wait in ``<dataset>.<modality>.partial/`` until the files are assembled.
 Models come from local folders or installed packages only; importing this package switches the
-Hugging Face libraries to offline mode.
+Hugging Face libraries to offline mode. The package depends only on :mod:`recbole_mm.feature_files`;
+the converters (``recbole_mm.data.convert``, including the bundled MovieLens build) use it.
 """
 
 from recbole_mm.embed.offline import ModelNotFoundError, force_offline

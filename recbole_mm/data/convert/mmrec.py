@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from recbole_mm.data.convert.common import Interaction, chronological, log_summary, write_dataset_yaml, write_inter
-from recbole_mm.data.feature_files import feature_paths, write_features
+from recbole_mm.feature_files import feature_paths, write_features
 
 FEATURE_FILES = {"text": "text_feat.npy", "image": "image_feat.npy"}
 

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from recbole_mm.data.convert.common import log_summary, write_dataset_yaml, write_inter
-from recbole_mm.data.feature_files import write_features
+from recbole_mm.feature_files import write_features
 
 HEADER = ["user_id:token", "item_id_list:token_seq", "item_id:token"]
 Line = Tuple[int, List[str], str]  # line number, history, target
