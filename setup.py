@@ -48,6 +48,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
     cmdclass={"build_py": BuildWithResources},
+    entry_points={"console_scripts": ["run_recbole_mm = recbole_mm.cli:run"]},
     python_requires=">=3.8,<3.12",
     install_requires=[
         "recbole==1.2.1",

@@ -17,6 +17,7 @@ import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import os
 import sys
 import types
 
@@ -47,6 +48,18 @@ def plugin_overall_defaults():
         _PLUGIN_OVERALL["active"] = previous
 
 
+def watched_by_a_person():
+    """True when stdout and stderr are terminals and no ``CI`` variable is set (to a true value).
+
+    ``run_recbole_mm`` uses it as the default of ``show_progress``: RecBole's per-epoch progress
+    bars (written to stderr) show while a person watches, and stay out of CI output, log files
+    and pipes. A ``show_progress`` in the user's files, ``config_dict`` or command line wins.
+    """
+    in_ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    streams = (sys.stdout, sys.stderr)
+    return not in_ci and all(getattr(stream, "isatty", lambda: False)() for stream in streams)
+
+
 def _read_yaml(path, loader):
     with open(path, "r", encoding="utf-8") as handle:
         return yaml.load(handle.read(), Loader=loader) or {}
@@ -56,6 +69,7 @@ def _plugin_defaults(config, model, dataset):
     """Plugin yaml values for this run, in priority order (later wins)."""
     values = {}
     if _PLUGIN_OVERALL["active"]:
+        values["show_progress"] = watched_by_a_person()
         values.update(_read_yaml(resources.overall_yaml(), config.yaml_loader))
     root = resources.bundled_dataset_root(dataset)
     if root is not None:
@@ -74,32 +88,41 @@ def _plugin_defaults(config, model, dataset):
 def _install_config_hook():
     """Wrap ``Config._load_internal_config_dict`` so plugin yaml files count as internal defaults.
 
-    Order (later wins): RecBole's overall + sample yaml, the plugin's overall.yaml (only inside
+    RecBole reads, later wins: its ``overall.yaml``, its ``model/<Model>.yaml`` (its own models),
+    its ``dataset/sample.yaml``, its ``dataset/<dataset>.yaml``, then the quick-start yaml of the
+    model type (``sequential.yaml``, ``context-aware.yaml``, ``knowledge_base.yaml``, ...). The
+    plugin's values go in right after ``sample.yaml``: the plugin's ``overall.yaml`` and the
+    :func:`watched_by_a_person` default of ``show_progress`` (both only inside
     :func:`plugin_overall_defaults`, i.e. ``run_recbole_mm``), the plugin model's yaml, the plugin's
-    dataset yaml, RecBole's own dataset yaml, RecBole's quick-start yaml for the model type.
-    Config files, ``config_dict`` and the command line still override all of these.
+    dataset yaml. Config files, ``config_dict`` and the command line override all of these.
     """
-    import os
-
     from recbole.config import configurator
 
     original = configurator.Config._load_internal_config_dict
     if getattr(original, "_recbole_mm_hook", False):
         return
+    recbole_properties = os.path.join(os.path.dirname(os.path.realpath(configurator.__file__)), "..", "properties")
 
     def load_internal_config_dict(self, model, model_class, dataset):
-        original(self, model, model_class, dataset)
         plugin_values = _plugin_defaults(self, model, dataset)
-        if not plugin_values:
-            return
-        recbole_properties = os.path.join(os.path.dirname(os.path.realpath(configurator.__file__)), "..", "properties")
-        later_files = [os.path.join(recbole_properties, "dataset", f"{dataset}.yaml")]
-        if model_class.type.name == "SEQUENTIAL":
-            later_files.append(os.path.join(recbole_properties, "quick_start_config", "sequential.yaml"))
-        self.internal_config_dict.update(plugin_values)
-        for path in later_files:
-            if os.path.isfile(path):
-                self.internal_config_dict.update(_read_yaml(path, self.yaml_loader))
+        below_plugin = {os.path.realpath(os.path.join(recbole_properties, name))
+                        for name in ("overall.yaml", f"model/{model}.yaml", "dataset/sample.yaml")}
+        injected = []
+        read_file = self._update_internal_config_dict
+
+        def update_then_read(file):
+            if not injected and os.path.realpath(file) not in below_plugin:
+                self.internal_config_dict.update(plugin_values)
+                injected.append(True)
+            return read_file(file)
+
+        self._update_internal_config_dict = update_then_read  # this Config object only
+        try:
+            original(self, model, model_class, dataset)
+        finally:
+            del self._update_internal_config_dict
+        if not injected:  # no dataset or quick-start file after sample.yaml (general models)
+            self.internal_config_dict.update(plugin_values)
 
     load_internal_config_dict._recbole_mm_hook = True
     configurator.Config._load_internal_config_dict = load_internal_config_dict

@@ -22,7 +22,7 @@ LAYERS = [
     ["recbole_mm.data"],
     ["recbole_mm.model", "recbole_mm.evaluation"],
     ["recbole_mm.trainer"],
-    ["recbole_mm.registry", "recbole_mm.quick_start", "recbole_mm.tune"],
+    ["recbole_mm.registry", "recbole_mm.quick_start", "recbole_mm.tune", "recbole_mm.cli"],
     ["recbole_mm.bench"],
 ]
 # The package's __init__ is a facade over the entry points (it imports the registry and, on first

@@ -153,5 +153,5 @@ def test_resume_flag_takes_model_and_dataset_from_the_checkpoint(tiny_config, tm
     _run("DMAE", tiny_config(epochs=1, checkpoint_dir=str(tmp_path), **BUDGET))
     args = run_recbole_mm.parse_args(["--resume", _last_file(tmp_path)])
     assert (args.model, args.dataset) == ("DMAE", "tiny")
-    with pytest.raises(SystemExit, match="--resume needs a plugin model"):
+    with pytest.raises(run_recbole_mm.InputError, match="--resume needs a plugin model"):
         run_recbole_mm.parse_args(["--model", "SASRec", "--resume", _last_file(tmp_path)])
