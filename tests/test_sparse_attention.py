@@ -87,10 +87,12 @@ def naive_sal(layer, x, real):
 @pytest.mark.parametrize("outside", [True, False])
 @pytest.mark.parametrize(
     "length,window,block,top,left",
-    [(64, 8, 8, 3, False), (37, 8, 8, 3, True), (37, 5, 6, 2, False), (23, 4, 4, 1, False), (5, 8, 8, 4, False)],
+    [(64, 8, 8, 3, False), (37, 8, 8, 3, True), (37, 5, 6, 2, False), (23, 4, 4, 1, False), (5, 8, 8, 4, False),
+     (20, 24, 4, 3, True)],
 )
 def test_sparse_matches_naive_reference(length, window, block, top, left, outside):
-    """Chunked window, compressed blocks and gathered selection equal the dense-mask definitions (odd L too)."""
+    """Chunked window, compressed blocks and gathered selection equal the dense-mask definitions (odd L too;
+    ``L <= w`` takes the one-SDPA-call window path)."""
     layer = make_layer(window_size=window, block_size=block, top_blocks=top, select_outside_window=outside)
     x = torch.randn(3, length, D)
     real = padding_mask([length, length - 3, max(1, length // 2 - 1)], length, left=left)
@@ -297,6 +299,22 @@ def test_encoder_stack(attention):
     assert len(encoder.layers) == 2 and encoder.layers[0].attention.attention == attention
     encoder.eval()
     torch.testing.assert_close(encoder(x, real), encoder(x, real))
+
+
+@pytest.mark.parametrize("branches", [BRANCHES, ("window",), ("block", "select")])
+def test_encoder_shares_one_plan_and_matches_layer_by_layer(branches):
+    """The masks the encoder builds once and passes to every layer give what each layer builds alone."""
+    torch.manual_seed(0)
+    encoder = SparseTransformerEncoder(
+        n_layers=2, hidden_size=D, n_heads=H, inner_size=32, hidden_dropout=0.0, attn_dropout=0.0, hidden_act="gelu",
+        layer_norm_eps=1e-12, window_size=8, block_size=4, top_blocks=3, branches=branches,
+    ).eval()
+    x, real = torch.randn(2, 30, D), padding_mask([30, 19], 30, left=True)
+    expected = x
+    with torch.no_grad():
+        for layer in encoder.layers:
+            expected = layer(expected, real)  # plan=None: the layer builds its own masks
+        torch.testing.assert_close(encoder(x, real), expected, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,22 @@ Compares, at each sequence length and in one run:
   ``key_padding_mask`` (the path MUFASA uses).
 
 All dropouts are 0 and modules are in train mode; time = median of ``--repeats`` fwd+bwd steps after one
-warm-up step. Each (implementation, length) runs in its own subprocess. Peak memory is the OS view: the
+warm-up step. Beside each SAL/SDPA ratio stands the pattern's FLOP floor: the FLOPs SAL's sparse pattern
+needs as a fraction of dense causal attention's, with the projections of both counted (``floor``) and for
+the attention core alone (``core floor``), see :func:`flop_floor`; the gap between a time ratio and its
+floor is what SAL loses to data movement and small kernels. Each (implementation, length) runs in its own subprocess. Peak memory is the OS view: the
 process's resident-set high-water mark (``VmHWM``) is reset through ``/proc/self/clear_refs`` after the
 warm-up, and the reported figure is ``VmHWM - VmRSS`` measured around the timed steps, i.e. the extra
 resident memory the steps needed on top of model, inputs and interpreter (allocator slack included).
 Linux only. Example::
 
     python -m recbole_mm.bench.attention --lengths 128,512,1024,2048 --batch 32 --repeats 3
+
+``--train-step`` instead times one whole training step (forward, backward, Adam) of RecBole's SASRec,
+SASRecMM and MUFASA (and MUFASA with window-only SAL) on full-length histories, all models in one process
+and interleaved, so the ratios to SASRec hold on a shared machine::
+
+    python -m recbole_mm.bench.attention --train-step --lengths 32,512,1024 --batch 32 --threads 1
 """
 
 import argparse
@@ -26,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 IMPLS = ("recbole", "sdpa", "sal")
@@ -50,6 +60,8 @@ def parse_args(argv=None):
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
     parser.add_argument("--out", help="also write the report to <out>/attention.md (where python -m recbole_mm.bench "
                                           "looks for it: results/attention/)")
+    parser.add_argument("--train-step", action="store_true", help="time whole training steps of SASRec, SASRecMM and "
+                                                                     "MUFASA in one process instead")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "LENGTH"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -132,6 +144,122 @@ def measure(impl, length, args):
     return {"ms": statistics.median(times), "peak_mb": peak_kb / 1024, "threads": torch.get_num_threads()}
 
 
+# ----- FLOP floor ----------------------------------------------------------------------------------
+
+
+def flop_floor(length, hidden, heads, window, block, top):
+    """``(core, total)``: forward FLOPs of SAL's sparse pattern over those of dense causal attention.
+
+    Per query ``t`` (0-based) dense attention scores and mixes ``t + 1`` keys (``4 * d`` FLOPs a key).
+    SAL needs: window ``min(w, t + 1)`` keys; block ``floor((t + 1) / l)`` compressed keys; select the
+    own block up to ``t`` plus ``n - 1`` whole blocks where that many candidates exist (blocks ending
+    at or before ``c*l - w`` for query block ``c``); and ranking the candidates once per block. ``total``
+    adds the projections: dense q, k, v, out (``8 d^2`` a token); SAL q, 3 key/value pairs (the block
+    pair on one pooled vector per block), out, the gates and the pooling. Counted, not measured: the
+    smallest time ratio an implementation without wasted work could reach.
+    """
+    d = hidden
+    dense_core = sparse_core = 0.0
+    for t in range(length):
+        c = t // block
+        candidates = max(0, (c * block - window + 1) // block)  # blocks k with (k+1)*l - 1 <= c*l - w
+        keys = min(window, t + 1) + (t + 1) // block + (t % block + 1) + min(top - 1, candidates) * block
+        sparse_core += 4 * d * keys + (2 * d * candidates / block)  # ranking, shared by the block's queries
+        dense_core += 4 * d * (t + 1)
+    dense_proj = 8 * d * d * length
+    sparse_proj = length * (2 * d * (6 * d + 3 * heads) + 4 * d * d / block + 2 * d)
+    return sparse_core / dense_core, (sparse_core + sparse_proj) / (dense_core + dense_proj)
+
+
+# ----- whole training steps ------------------------------------------------------------------------
+
+STEP_MODELS = {  # label: (model, overrides)
+    "SASRec": ("SASRec", {}),
+    "SASRecMM": ("SASRecMM", {}),
+    "MUFASA": ("MUFASA", {}),
+    "MUFASA window-only": ("MUFASA", {"sal_branches": ["window"]}),
+}
+
+
+def build_models(length, args, workdir):
+    """The models of :data:`STEP_MODELS` at ``MAX_ITEM_LIST_LENGTH = length`` on a small synthetic dataset."""
+    import torch
+    from recbole.config import Config
+    from recbole.data import create_dataset
+    from recbole.utils import get_model, init_seed
+
+    import recbole_mm  # noqa: F401  (registers the plugin's models and dataset class)
+    from recbole_mm.data.synthetic_long import long_range_config, write_long_range_dataset
+
+    planted = write_long_range_dataset(workdir, "steps", n_users=20, n_keys=100, n_noise=300, gap=(30, 30), episodes=2)
+    models = {}
+    for label, (name, overrides) in STEP_MODELS.items():
+        config_dict = long_range_config(planted, workdir, MAX_ITEM_LIST_LENGTH=length, hidden_size=args.hidden,
+                                        n_heads=args.heads, window_size=args.window, block_size=args.block,
+                                        top_blocks=args.top, **overrides)
+        config = Config(model=name, dataset="steps", config_dict=config_dict)
+        init_seed(0, True)
+        dataset = create_dataset(config)
+        model = get_model(name)(config, dataset).train()
+        models[label] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
+    return models
+
+
+def step_batch(model, length, batch, seed=0):
+    """``batch`` full-length random histories and targets."""
+    import torch
+    from recbole.data.interaction import Interaction
+
+    generator = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, model.n_items, (batch, length), generator=generator)
+    target = torch.randint(1, model.n_items, (batch,), generator=generator)
+    return Interaction({model.ITEM_SEQ: seq, model.ITEM_SEQ_LEN: torch.full((batch,), length), model.POS_ITEM_ID: target})
+
+
+def train_steps(lengths, args):
+    """``{(label, length): median ms}`` of one training step, the models interleaved in each repeat."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.autograd.set_detect_anomaly(False)
+    results = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for length in lengths:
+            models = build_models(length, args, workdir)
+            torch.autograd.set_detect_anomaly(False)  # RecBole's sine.py switches it on at import
+            batch = step_batch(next(iter(models.values()))[0], length, args.batch)
+            times = {label: [] for label in models}
+            for repeat in range(args.repeats + 1):  # the first round warms up
+                for label, (model, optimizer) in models.items():
+                    start = time.perf_counter()
+                    loss = model.calculate_loss(batch)
+                    optimizer.zero_grad(set_to_none=True)
+                    (loss if torch.is_tensor(loss) else sum(loss)).backward()
+                    optimizer.step()
+                    if repeat:
+                        times[label].append((time.perf_counter() - start) * 1000)
+            for label in models:
+                results[(label, length)] = statistics.median(times[label])
+            print(f"# L={length}: " + ", ".join(f"{k} {results[(k, length)]:.1f} ms" for k in models), file=sys.stderr, flush=True)
+    return results
+
+
+def train_step_report(results, lengths, args) -> str:
+    labels = list(STEP_MODELS)
+    header = ["L"] + [f"{label} ms" for label in labels] + [f"{label} / SASRec" for label in labels[1:]]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for length in lengths:
+        base = results[("SASRec", length)]
+        cells = [str(length)] + [f"{results[(label, length)]:.1f}" for label in labels]
+        cells += [f"{results[(label, length)] / base:.3f}" for label in labels[1:]]
+        rows.append("| " + " | ".join(cells) + " |")
+    settings = (f"training step (forward, backward, Adam) on full-length histories, batch {args.batch}, hidden {args.hidden}, "
+                f"{args.heads} heads, 2 layers, window {args.window}, block {args.block}, top {args.top}, "
+                f"{args.threads or 'default'} thread(s), median of {args.repeats}, models interleaved in one process")
+    return settings + "\n\n" + "\n".join(rows)
+
+
 # ----- driver --------------------------------------------------------------------------------------
 
 
@@ -153,11 +281,12 @@ def fmt(result, key, spec):
     return format(result[key], spec) if key in result else "n/a"
 
 
-def table(results, lengths, impls):
+def table(results, lengths, impls, args):
     """Markdown table: ms and peak MB per implementation, SAL/recbole and SAL/sdpa ratios."""
     header = ["L"] + [f"{i} ms" for i in impls] + [f"{i} MB" for i in impls]
     comparisons = [b for b in ("recbole", "sdpa") if b in impls and "sal" in impls]
     header += [f"SAL/{b} time" for b in comparisons] + [f"SAL/{b} mem" for b in comparisons]
+    header += ["floor", "core floor"] + (["SAL/sdpa time / floor"] if "sdpa" in comparisons else [])
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for length in lengths:
         got = {i: results[(i, length)] for i in impls}
@@ -165,6 +294,10 @@ def table(results, lengths, impls):
         sal = got.get("sal", {})
         cells += [f"{ratio(sal.get('ms'), got[b].get('ms')):.3f}" for b in comparisons]
         cells += [f"{ratio(sal.get('peak_mb'), got[b].get('peak_mb')):.3f}" for b in comparisons]
+        core, total = flop_floor(length, args.hidden, args.heads, args.window, args.block, args.top)
+        cells += [f"{total:.3f}", f"{core:.3f}"]
+        if "sdpa" in comparisons:
+            cells.append(f"{ratio(sal.get('ms'), got['sdpa'].get('ms')) / total:.2f}")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -200,6 +333,10 @@ def main(argv=None):
         print(json.dumps(measure(impl, int(length), args)))
         return
     lengths = [int(n) for n in args.lengths.split(",")]
+    if args.train_step:
+        report = train_step_report(train_steps(lengths, args), lengths, args)
+        print(report)
+        return
     impls = [i for i in IMPLS if i in args.impls.split(",")]
     results = {}
     for length in lengths:
@@ -219,7 +356,7 @@ def scaling_report(results, lengths, impls, args) -> str:
     threads = next((r["threads"] for r in results.values() if "threads" in r), "?")
     parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
              f"block {args.block}, top {args.top}, {threads} CPU threads, median of {args.repeats}; "
-             f"MB = peak extra resident memory (VmHWM - VmRSS)", table(results, lengths, impls)]
+             f"MB = peak extra resident memory (VmHWM - VmRSS)", table(results, lengths, impls, args)]
     for baseline in ("recbole", "sdpa"):
         if baseline in impls and "sal" in impls:
             parts.append(f"SAL faster than {baseline} from L = {crossover(results, lengths, baseline)} (of {lengths})")

@@ -20,15 +20,17 @@ and its reference implementation do) so that the window branch dominates at the 
 
 Cost per head is ``O(L * (2w + L/l + n*l))`` scores; no ``[L, L]`` tensor is ever built in sparse mode:
 
-* window: queries in chunks of ``w`` attend to their own + the previous key chunk, ``[B*L/w, H, w, 2w]``;
+* window: query blocks of ``l`` attend to the ``w + l`` items ending with them, ``[B*L/l, H, l, w+l]``
+  (keys read through an ``unfold`` view); when ``L <= w`` one causal SDPA call per row;
 * block:  ``[B, H, L, L/l]``;
 * select: NSA shares the selection across a group of queries; here the queries of one block of ``l``
   share it, ``[B*H, L/l, l, n*l]``. To stay causal the shared choice uses the importance seen by the
   block's *first* query (position ``c*l``), which every query of the block may see.
 
 ``attention="dense"`` is plain causal SDPA with key padding (the "dense instead of SAL" ablation).
-All attention goes through :func:`torch.nn.functional.scaled_dot_product_attention`; rows with nothing
-to attend to get 0 explicitly rather than relying on the backend's convention.
+All attention goes through :func:`torch.nn.functional.scaled_dot_product_attention` with additive masks
+built once per batch (:class:`SparsePlan`, shared by an encoder's layers); rows with nothing to attend
+to get 0 explicitly rather than relying on the backend's convention.
 
 Shapes: ``B`` batch, ``L`` length, ``H`` heads, ``dh`` head size, ``C`` window chunks, ``nq`` blocks
 of the (padded) sequence, ``nb`` complete blocks, ``ns`` selected blocks per query block.
@@ -101,22 +103,16 @@ def selected_slots_mask(block_size: int, n_slots: int, device=None) -> torch.Ten
     return torch.cat([earlier, causal_mask(block_size, device)], dim=1)
 
 
-# ----- layout -------------------------------------------------------------------------------------
-
-
-def pad_length(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero/False-pad dim 1 of ``[B, L, ...]`` to ``length``."""
-    if x.shape[1] == length:
-        return x
-    return F.pad(x, (0, 0) * (x.dim() - 2) + (0, length - x.shape[1]))
+# ----- layout and the masks every layer shares -------------------------------------------------------
 
 
 class BlockLayout:
     """The batch as blocks: rows padded to ``nq`` whole blocks of ``l``, flattened to ``M = B*nq*l`` items.
 
     Flat block ``m`` is block ``m % nq`` of row ``m // nq``, so every branch works on views of
-    ``[M, ...]`` tensors: query blocks and selectable blocks are a ``view``; windows an ``unfold`` of the
-    flat items with ``w`` zero items put in front (the first window of the first row looks back ``w``).
+    ``[front + M, ...]`` tensors: query blocks and selectable blocks are a ``view``; windows an ``unfold``
+    of the flat items with ``front = w`` zero items put in front (the first window of the first row looks
+    back ``w``). When ``L <= w`` the window is the whole causal row (``dense_window``) and needs no front.
     """
 
     def __init__(self, batch: int, length: int, block_size: int, window: int):
@@ -124,14 +120,17 @@ class BlockLayout:
         self.n_blocks = -(-length // block_size)  # nq
         self.padded = self.n_blocks * block_size  # items per row
         self.window = min(window, length)  # a window >= L is plain causal attention
+        self.dense_window = 0 < window and length <= window
+        self.front = 0 if self.dense_window else self.window
 
     def flatten(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...] -> [M, ...]``, zero/False in the padding."""
-        return pad_length(x, self.padded).flatten(0, 1)
-
-    def with_front(self, flat: torch.Tensor) -> torch.Tensor:
-        """``[M, ...] -> [w + M, ...]``: ``w`` zero/False items in front, for :meth:`windows`."""
-        return torch.cat([flat.new_zeros((self.window, *flat.shape[1:])), flat])
+        """``[B, L, ...] -> [front + M, ...]``, zero/False in the front and the padding, one copy at most."""
+        batch, length = x.shape[:2]
+        if not self.front and self.padded == length:
+            return x.reshape(batch * length, *x.shape[2:])
+        flat = x.new_zeros((self.front + batch * self.padded, *x.shape[2:]))
+        flat[self.front:].view(batch, self.padded, *x.shape[2:])[:, :length] = x
+        return flat
 
     def windows(self, fronted: torch.Tensor) -> torch.Tensor:
         """``[w + M, ...] -> [B*nq, ..., w+l]``: items ``c*l-w .. c*l+l-1`` of every query block (a view)."""
@@ -140,6 +139,49 @@ class BlockLayout:
     def block_index(self, slots: torch.Tensor) -> torch.Tensor:
         """Block numbers ``[B, nq, ns]`` within a row -> flat block numbers ``b*nq + slot``."""
         return torch.arange(self.batch, device=slots.device)[:, None, None] * self.n_blocks + slots
+
+
+def additive_mask(visible: torch.Tensor, dtype) -> tuple:
+    """Boolean mask -> (SDPA's additive float mask, ``seen [..., Lq, 1]``: the row sees some key).
+
+    Rows that see nothing attend to every key instead (finite maths and gradients on any backend); the
+    caller zeroes them through the gates. Built once per batch: SDPA would convert a boolean mask on
+    every call.
+    """
+    seen = visible.any(-1, keepdim=True)
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~(visible | ~seen), float("-inf")), seen
+
+
+class SparsePlan:
+    """A batch's layout and the masks that depend only on padding, shared by every SAL layer of an encoder.
+
+    Window mask ``[B*nq, 1, l, w+l]`` (or ``[B, 1, P, P]`` when ``dense_window``), block mask
+    ``[B, 1, P, nq]`` (``P = nq*l``), selection candidates ``[B, nq, nq]``, and per-item realness ``[M]``.
+    """
+
+    def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
+        batch, length = real.shape
+        device = real.device
+        self.layout = layout = BlockLayout(batch, length, block_size, window)
+        nq, size = layout.n_blocks, layout.size
+        padded = torch.zeros(batch, layout.padded, dtype=torch.bool, device=device)
+        padded[:, :length] = real
+        self.real = padded.view(-1)  # [M]
+        if window and layout.dense_window:
+            visible = causal_mask(layout.padded, device) & padded[:, None, None, :]  # [B, 1, P, P]
+            self.window_mask, self.window_seen = additive_mask(visible, dtype)
+        elif window:
+            fronted = torch.cat([padded.new_zeros(layout.window), self.real])
+            key_real = layout.windows(fronted).view(batch, nq, layout.window + size)
+            key_ok = key_real & same_row_mask(nq, size, layout.window, device)
+            visible = key_ok.view(-1, 1, 1, layout.window + size) & window_band_mask(size, layout.window, device)
+            self.window_mask, self.window_seen = additive_mask(visible, dtype)
+        self.valid = padded.view(batch, nq, size).any(-1)  # [B, nq]: the block holds a real item
+        visible = complete_block_mask(layout.padded, nq, size, device) & self.valid[:, None, None, :]  # [B, 1, P, nq]
+        self.block_mask, self.block_seen = additive_mask(visible, dtype)
+        reach = min(select_reach, layout.window) if window else 0
+        self.candidates = candidate_block_mask(nq, size, reach, device) & self.valid[:, None, :]  # [B, nq, nq]
+        self.any_candidate = bool(self.candidates.any())  # False when L <= w + l: select sees its own block only
 
 
 # ----- parameterised parts ------------------------------------------------------------------------
@@ -205,6 +247,63 @@ class GatedSum(torch.autograd.Function):
         return (grad_gates, *grad_outputs)
 
 
+class SplitProjection(torch.autograd.Function):
+    """One ``Linear`` over ``[rows, d]`` whose output is handed out as pieces ``out[row_start:, a:b]`` (views).
+
+    Autograd's own slicing would give every piece a zero-filled gradient as large as the whole output;
+    here backward writes the pieces' gradients into one buffer and does the Linear's backward once.
+    ``pieces`` is a tuple of ``(row_start, width)``, laid out left to right over the output columns.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pieces):
+        ctx.save_for_backward(x, weight)
+        ctx.pieces = pieces
+        out = F.linear(x, weight, bias)
+        views, column = [], 0
+        for row_start, width in pieces:
+            views.append(out[row_start:, column:column + width])
+            column += width
+        return tuple(views)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        x, weight = ctx.saved_tensors
+        grad_out = x.new_empty(x.shape[0], weight.shape[0])
+        column = 0
+        for (row_start, width), grad in zip(ctx.pieces, grads):
+            grad_out[:row_start, column:column + width] = 0.0
+            if grad is None:
+                grad_out[row_start:, column:column + width] = 0.0
+            else:
+                grad_out[row_start:, column:column + width] = grad
+            column += width
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        grad_weight = grad_out.t() @ x if ctx.needs_input_grad[1] else None
+        grad_bias = grad_out.sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None
+
+
+class StraightThroughGate(torch.autograd.Function):
+    """``values * (1 + offset - stop_grad(offset))`` without the multiply: forward is the identity, backward
+    passes the values' gradient through and gives ``offset`` the gradient of a gate on its slot.
+
+    ``values [N, H, ns*l, dh]``, ``offset [N, ns]`` (one per slot of ``l`` keys).
+    """
+
+    @staticmethod
+    def forward(ctx, values, offset):
+        ctx.save_for_backward(values)
+        ctx.n_slots = offset.shape[-1]
+        return values.view_as(values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (values,) = ctx.saved_tensors
+        per_key = torch.linalg.vecdot(grad, values).sum(1)  # [N, ns*l]
+        return grad, per_key.view(per_key.shape[0], ctx.n_slots, -1).sum(-1)
+
+
 # ----- the layer ----------------------------------------------------------------------------------
 
 
@@ -215,6 +314,13 @@ class SparseAttentionAlignment(nn.Module):
     projection included. Left- and right-padded sequences both work; padded keys are never attended and
     padded queries get finite outputs. ``gate_override={"window": 1.0, ...}`` replaces the learned gates
     by constants (used to check that window-only SAL with ``w >= L`` equals dense causal attention).
+    An encoder passes one :class:`SparsePlan` (from :meth:`plan`) to all its layers.
+
+    Speed: one GEMM projects every item to its query, window and selected keys/values and gate logits
+    (split by views); masks come additive from the plan; the window branch reads its keys through an
+    ``unfold`` view (SDPA takes the strides, no copy), or is one causal SDPA call when ``L <= w``.
+    ``torch.nn.attention.flex_attention`` would express the whole pattern as one ``BlockMask``, but
+    in torch 2.13 it has no backward on the CPU, so training cannot use it there.
     """
 
     def __init__(
@@ -258,74 +364,96 @@ class SparseAttentionAlignment(nn.Module):
             self.gate = BranchGate(hidden_size, n_heads, self.branches)
         self.out = nn.Linear(hidden_size, hidden_size)
 
-    # ----- projections and the shared attention call ----------------------------------------------
+    # ----- helpers ----------------------------------------------------------------------------------
 
-    def _heads(self, hidden, weight, bias) -> torch.Tensor:
-        """``Linear`` then split into heads: ``[..., d] -> [..., H, dh]`` (contiguous)."""
-        return F.linear(hidden, weight, bias).unflatten(-1, (self.n_heads, self.head_dim))
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., d] -> [..., H, dh]`` (a view)."""
+        return x.unflatten(-1, (self.n_heads, self.head_dim))
 
-    def _key_value(self, name: str, hidden: torch.Tensor):
-        """The branch's keys and values ``[..., H, dh]``, as two matmuls so each is its own contiguous tensor
-        (gathers and unfolds read contiguous memory; backward needs no re-stacking of a fused output)."""
-        linear, d = self.key_value[name], self.hidden_size
-        return self._heads(hidden, linear.weight[:d], linear.bias[:d]), self._heads(hidden, linear.weight[d:], linear.bias[d:])
-
-    def _attend(self, q, k, v, visible):
-        """SDPA with a boolean mask; also returns ``seen [..., Lq, 1]``: whether a query row sees any key.
-
-        Rows that see nothing attend to every key instead (finite maths and gradients on any backend);
-        the caller zeroes them, for the sparse branches through the (much smaller) gate.
-        """
-        seen = visible.any(-1, keepdim=True)
+    def _sdpa(self, q, k, v, mask):
         dropout = self.attn_dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible | ~seen, dropout_p=dropout), seen
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+    def plan(self, real: torch.Tensor, dtype=torch.float32) -> SparsePlan:
+        """The masks of a batch (``real [B, L]`` bool), for this layer and every layer configured like it."""
+        window = self.window_size if "window" in self.branches else 0
+        reach = self.window_size if self.select_outside_window else 0
+        return SparsePlan(real, self.block_size, window, reach, dtype)
 
     # ----- dense ablation -----------------------------------------------------------------------------
 
     def _dense(self, hidden, real: Optional[torch.Tensor]) -> torch.Tensor:
         """Plain causal SDPA, ``[B, L, d]`` before the output projection."""
-        q = self._heads(hidden, self.query.weight, self.query.bias)
-        q, k, v = (x.transpose(1, 2) for x in (q, *self._key_value("dense", hidden)))  # [B, H, L, dh]
+        weight = torch.cat([self.query.weight, self.key_value["dense"].weight])
+        bias = torch.cat([self.query.bias, self.key_value["dense"].bias])
+        q, k, v = (self._split_heads(x).transpose(1, 2) for x in F.linear(hidden, weight, bias).chunk(3, -1))  # [B, H, L, dh]
         if real is None:
             dropout = self.attn_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
-            visible = causal_mask(q.shape[2], q.device) & real[:, None, None, :]  # [B, 1, L, L]
-            out, seen = self._attend(q, k, v, visible)
-            out = out.masked_fill(~seen, 0.0)
+            mask, seen = additive_mask(causal_mask(q.shape[2], q.device) & real[:, None, None, :], q.dtype)  # [B, 1, L, L]
+            out = self._sdpa(q, k, v, mask).masked_fill(~seen, 0.0)
         return out.transpose(1, 2).flatten(2)
 
-    # ----- sparse branches (flat block layout, see BlockLayout) ---------------------------------------
-    # Each returns (out [B*nq, H, l, dh] or [B, H, nq*l, dh], seen [..., l or nq*l, 1]).
+    # ----- sparse branches ----------------------------------------------------------------------------
+    # Each returns its output [B, nq, l, H, dh] (SDPA's output memory is [batch, queries, H, dh]).
 
-    def _window(self, layout: BlockLayout, q_blocks, hidden, real):
+    def _project(self, flat: torch.Tensor, front: int) -> Dict[str, torch.Tensor]:
+        """One GEMM for the per-item projections of ``flat [front + M, d]``: ``{"query", "window_key",
+        "window_value", "select_key", "select_value", "gate"}``, views of its output; only the window's keys and
+        values keep the ``front`` rows."""
+        names, weights, biases = ["query"], [self.query.weight], [self.query.bias]
+        if "window" in self.branches:
+            linear = self.key_value["window"]
+            names += ["window_key", "window_value"]
+            weights += list(linear.weight.chunk(2))
+            biases += list(linear.bias.chunk(2))
+        if "select" in self.branches:
+            linear = self.key_value["select"]
+            names += ["select_key", "select_value"]
+            weights += list(linear.weight.chunk(2))
+            biases += list(linear.bias.chunk(2))
+        names.append("gate")
+        weights.append(self.gate.weight)
+        biases.append(self.gate.bias)
+        pieces = tuple((0 if n.startswith("window") else front, w.shape[0]) for n, w in zip(names, weights))
+        return dict(zip(names, SplitProjection.apply(flat, torch.cat(weights), torch.cat(biases), pieces)))
+
+    def _window(self, plan: SparsePlan, q, key, value):
         """Keys in ``(t - w, t]``: each query block against the ``w + l`` items ending with it."""
-        n_keys = layout.window + layout.size
-        keys, values = (layout.windows(x).transpose(-1, -2) for x in self._key_value("window", layout.with_front(hidden)))
-        key_real = layout.windows(layout.with_front(real)).view(layout.batch, layout.n_blocks, n_keys)
-        key_ok = key_real & same_row_mask(layout.n_blocks, layout.size, layout.window, real.device)
-        visible = key_ok.view(-1, 1, 1, n_keys) & window_band_mask(layout.size, layout.window, real.device)
-        return self._attend(q_blocks, keys, values, visible)  # keys [B*nq, H, w+l, dh], visible [B*nq, 1, l, w+l]
+        layout, d = plan.layout, self.hidden_size
+        batch, nq, size = layout.batch, layout.n_blocks, layout.size
+        if layout.dense_window:  # the window is the whole causal row: one SDPA call per row
+            q_rows, k, v = (self._split_heads(x).view(batch, layout.padded, self.n_heads, -1).transpose(1, 2)
+                            for x in (q, key, value))
+            out = self._sdpa(q_rows, k, v, plan.window_mask)  # [B, H, P, dh]
+        else:
+            q_blocks = self._split_heads(q).view(batch * nq, size, self.n_heads, -1).transpose(1, 2)  # [B*nq, H, l, dh]
+            k, v = (layout.windows(x).unflatten(1, (self.n_heads, self.head_dim)).transpose(-1, -2) for x in (key, value))
+            out = self._sdpa(q_blocks, k, v, plan.window_mask)  # keys [B*nq, H, w+l, dh]
+        return out.transpose(1, 2).reshape(batch, nq, size, self.n_heads, -1)
 
-    def _compress(self, layout: BlockLayout, hidden, real):
-        """Keys/values of every block, ``[B, nq, H, dh]`` each, and ``valid [B, nq]``.
+    def _compress(self, plan: SparsePlan, rows):
+        """Keys/values of every block of ``rows [B, nq*l, d]``, ``[B, nq, H, dh]`` each.
 
-        Padded items are zeroed first so they cannot leak into a partly padded (left-padded) block; a
-        block counts if it holds at least one real item. Only blocks complete at ``t`` are ever shown
-        to query ``t``, so the last, possibly partial, block of a row is never used early.
+        Padded items are zeroed first so they cannot leak into a partly padded (left-padded) block. Only
+        blocks complete at ``t`` are ever shown to query ``t``, so the last, possibly partial, block of a
+        row is never used early.
         """
-        real_blocks = real.view(layout.batch, layout.n_blocks, layout.size)
-        blocks = hidden.view(layout.batch, layout.n_blocks, layout.size, -1) * real_blocks[..., None]
-        k_cmp, v_cmp = self._key_value("block", self.compress(blocks))  # pooled [B, nq, d]
-        return k_cmp, v_cmp, real_blocks.any(-1)
+        layout = plan.layout
+        shape = (layout.batch, layout.n_blocks, layout.size)
+        blocks = rows.view(*shape, -1) * plan.real.view(*shape, 1)
+        k_cmp, v_cmp = self.key_value["block"](self.compress(blocks)).chunk(2, -1)  # pooled [B, nq, d]
+        return self._split_heads(k_cmp), self._split_heads(v_cmp)
 
-    def _block(self, layout: BlockLayout, q_rows, k_cmp, v_cmp, valid):
+    def _block(self, plan: SparsePlan, q, k_cmp, v_cmp):
         """Attention over compressed complete blocks (rows before the first complete block see nothing)."""
-        visible = complete_block_mask(layout.padded, layout.n_blocks, layout.size, q_rows.device)
-        visible = visible & valid[:, None, None, :]  # [B, 1, nq*l, nq]
-        return self._attend(q_rows, k_cmp.transpose(1, 2), v_cmp.transpose(1, 2), visible)
+        layout = plan.layout
+        q_rows = self._split_heads(q).view(layout.batch, layout.padded, self.n_heads, -1).transpose(1, 2)
+        out = self._sdpa(q_rows, k_cmp.transpose(1, 2), v_cmp.transpose(1, 2), plan.block_mask)  # [B, H, P, dh]
+        return out.transpose(1, 2).reshape(layout.batch, layout.n_blocks, layout.size, self.n_heads, -1)
 
-    def _importance(self, layout: BlockLayout, q_first, k_cmp, valid) -> torch.Tensor:
+    def _importance(self, plan: SparsePlan, q_first, k_cmp) -> torch.Tensor:
         """Block importance ``[B, nq, nq]`` for selection; ``-1`` marks non-candidates.
 
         The block branch's attention probabilities at each query block's *first* query (the latest
@@ -335,15 +463,15 @@ class SparseAttentionAlignment(nn.Module):
         :func:`candidate_block_mask`). Differentiable: :meth:`_select` passes a gradient back to it.
         """
         scores = torch.einsum("bchd,bkhd->bhck", q_first, k_cmp) / math.sqrt(self.head_dim)  # [B, H, nq, nq]
-        reach = layout.window if self.select_outside_window else 0
-        candidate = candidate_block_mask(layout.n_blocks, layout.size, reach, q_first.device) & valid[:, None, :]
+        candidate = plan.candidates
         probs = torch.softmax(scores.masked_fill(~candidate[:, None], float("-inf")), -1).nan_to_num(0.0)
         return probs.sum(1).masked_fill(~candidate, -1.0)
 
-    def _choose(self, layout: BlockLayout, importance: Optional[torch.Tensor], device):
+    def _choose(self, plan: SparsePlan, importance: Optional[torch.Tensor]):
         """Slots ``[B, nq, ns]`` (block numbers: the top ``n-1`` candidates, then the own block), whether
         each slot holds a candidate, and the straight-through gate offset ``[B, nq, ns]`` (None without grad)."""
-        own = torch.arange(layout.n_blocks, device=device).expand(layout.batch, layout.n_blocks)[..., None]
+        layout = plan.layout
+        own = torch.arange(layout.n_blocks, device=plan.real.device).expand(layout.batch, layout.n_blocks)[..., None]
         n_pick = 0 if importance is None else min(self.top_blocks - 1, layout.n_blocks - 1)
         if n_pick == 0:
             return own, torch.ones_like(own, dtype=torch.bool), None
@@ -353,22 +481,7 @@ class SparseAttentionAlignment(nn.Module):
         bias = torch.cat([top - top.detach(), torch.zeros_like(own, dtype=top.dtype)], -1) if top.requires_grad else None
         return slots, slot_ok, bias
 
-    @torch.no_grad()
-    def selected_blocks(self, hidden: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Blocks each query block attends to in the selected branch, ``[B, nq, ns]``, -1 = empty slot
-        (the last slot is the own block). For inspection and tests; needs the ``select`` branch."""
-        if "select" not in self.branches:
-            raise ValueError("selected_blocks needs the 'select' branch")
-        batch, length, _ = hidden.shape
-        real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if key_padding_mask is None else key_padding_mask.bool()
-        layout = BlockLayout(batch, length, self.block_size, self.window_size if "window" in self.branches else 0)
-        flat_hidden, flat_real = layout.flatten(hidden), layout.flatten(real)
-        q = self._heads(flat_hidden, self.query.weight, self.query.bias).view(batch, layout.n_blocks, layout.size, self.n_heads, -1)
-        k_cmp, _, valid = self._compress(layout, flat_hidden, flat_real)
-        slots, slot_ok, _ = self._choose(layout, self._importance(layout, q[:, :, 0], k_cmp, valid), hidden.device)
-        return slots.masked_fill(~slot_ok, -1)
-
-    def _select(self, layout: BlockLayout, q_blocks, hidden, real, importance: Optional[torch.Tensor]):
+    def _select(self, plan: SparsePlan, q, key, value, importance: Optional[torch.Tensor]):
         """Full-resolution attention to the top blocks + the own block (causally).
 
         Top-k has no gradient, so the selector (block keys, compressor, queries) would learn only
@@ -380,65 +493,83 @@ class SparseAttentionAlignment(nn.Module):
         rather than biasing scores keeps the attention on SDPA's fused kernel, which has no
         gradient for a mask.
         """
-        batch, n_blocks, size = layout.batch, layout.n_blocks, layout.size
-        slots, slot_ok, bias = self._choose(layout, importance, real.device)
+        layout, d = plan.layout, self.hidden_size
+        batch, nq, size = layout.batch, layout.n_blocks, layout.size
+        slots, slot_ok, bias = self._choose(plan, importance)
         n_slots = slots.shape[-1]
         index = layout.block_index(slots)  # [B, nq, ns]
+        keys, values = (x.view(batch * nq, size, self.n_heads, -1)[index].view(batch * nq, n_slots * size, self.n_heads, -1)
+                        .transpose(1, 2) for x in (key, value))  # [B*nq, H, ns*l, dh]
+        if bias is not None:
+            values = StraightThroughGate.apply(values, bias.view(batch * nq, n_slots))
+        key_ok = plan.real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
+        visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, key_ok.device)
+        mask, seen = additive_mask(visible, q.dtype)  # [B*nq, 1, l, ns*l]
+        q_blocks = self._split_heads(q).view(batch * nq, size, self.n_heads, -1).transpose(1, 2)
+        out = self._sdpa(q_blocks, keys, values, mask)
+        return out.transpose(1, 2).reshape(batch, nq, size, self.n_heads, -1), seen.view(batch, nq, size, 1)
 
-        def gathered(x):  # [M, H, dh] -> [B*nq, H, ns*l, dh], rows of a contiguous [M/l, l*d] view
-            picked_items = x.view(-1, size * self.hidden_size)[index]  # [B, nq, ns, l*d]
-            return picked_items.view(batch * n_blocks, n_slots * size, *x.shape[1:]).transpose(1, 2)
+    @torch.no_grad()
+    def selected_blocks(self, hidden: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Blocks each query block attends to in the selected branch, ``[B, nq, ns]``, -1 = empty slot
+        (the last slot is the own block). For inspection and tests; needs the ``select`` branch."""
+        if "select" not in self.branches:
+            raise ValueError("selected_blocks needs the 'select' branch")
+        real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if key_padding_mask is None else key_padding_mask.bool()
+        plan = self.plan(real, hidden.dtype)
+        flat = plan.layout.flatten(hidden)
+        q = self._project(flat, plan.layout.front)["query"]
+        k_cmp, _ = self._compress(plan, F.pad(hidden, (0, 0, 0, plan.layout.padded - plan.layout.length)))
+        q_first = self._split_heads(q).view(plan.layout.batch, plan.layout.n_blocks, plan.layout.size, self.n_heads, -1)[:, :, 0]
+        slots, slot_ok, _ = self._choose(plan, self._importance(plan, q_first, k_cmp))
+        return slots.masked_fill(~slot_ok, -1)
 
-        keys, values = (gathered(x) for x in self._key_value("select", hidden))
-        if bias is not None:  # [B, nq, ns] -> [B*nq, 1, ns*l, 1]
-            values = values * (1.0 + bias)[..., None].expand(-1, -1, -1, size).reshape(-1, 1, n_slots * size, 1)
-        key_ok = real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
-        visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, real.device)
-        return self._attend(q_blocks, keys, values, visible)  # visible [B*nq, 1, l, ns*l]
-
-    def _sparse(self, hidden, real, gate_override) -> torch.Tensor:
+    def _sparse(self, hidden, plan: SparsePlan, gate_override) -> torch.Tensor:
         """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
-        batch, length, _ = hidden.shape
-        window = self.window_size if "window" in self.branches else 0
-        layout = BlockLayout(batch, length, self.block_size, window)
-        blocked = (batch, layout.n_blocks, layout.size)
-        flat_real, flat_hidden = layout.flatten(real), layout.flatten(hidden)  # [M], [M, d]
-        q = self._heads(flat_hidden, self.query.weight, self.query.bias)  # [M, H, dh]
-        q_blocks = q.view(-1, layout.size, self.n_heads, self.head_dim).transpose(1, 2)  # [B*nq, H, l, dh]
-        outputs = {}
+        layout = plan.layout
+        blocked = (layout.batch, layout.n_blocks, layout.size)
+        flat = layout.flatten(hidden)  # [front + M, d]
+        rows = hidden if layout.padded == layout.length else F.pad(hidden, (0, 0, 0, layout.padded - layout.length))
+        front = layout.front
+        parts = self._project(flat, front)  # [M, ...] each; the window's keys/values [front + M, 2d]
+        q = parts["query"]
+        outputs, seen = {}, {}
         if "window" in self.branches:
-            outputs["window"] = self._window(layout, q_blocks, flat_hidden, flat_real)
+            window = self._window(plan, q, parts["window_key"], parts["window_value"])
+            outputs["window"], seen["window"] = window, plan.window_seen
         importance = None
-        if "block" in self.key_value:
-            k_cmp, v_cmp, valid = self._compress(layout, flat_hidden, flat_real)
+        if "block" in self.branches or ("select" in self.branches and plan.any_candidate):
+            k_cmp, v_cmp = self._compress(plan, rows)
             if "block" in self.branches:
-                q_rows = q.view(batch, layout.padded, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, nq*l, dh]
-                outputs["block"] = self._block(layout, q_rows, k_cmp, v_cmp, valid)
-            if "select" in self.branches:
-                importance = self._importance(layout, q.view(*blocked, self.n_heads, -1)[:, :, 0], k_cmp, valid)
+                outputs["block"], seen["block"] = self._block(plan, q, k_cmp, v_cmp), plan.block_seen
+            if "select" in self.branches and plan.any_candidate:
+                q_first = self._split_heads(q).view(*blocked, self.n_heads, -1)[:, :, 0]
+                importance = self._importance(plan, q_first, k_cmp)
         if "select" in self.branches:
-            outputs["select"] = self._select(layout, q_blocks, flat_hidden, flat_real, importance)
+            outputs["select"], seen["select"] = self._select(plan, q, parts["select_key"], parts["select_value"], importance)
 
         # combine in the SDPA outputs' memory layout [B, nq, l, H, dh]; unseen rows are zeroed via the gate
-        gates = self.gate(flat_hidden).view(*blocked, self.n_heads, -1)  # [B, nq, l, H, n_branches]
+        gates = torch.sigmoid(parts["gate"]).view(*blocked, self.n_heads, -1)  # [B, nq, l, H, n_branches]
         if gate_override:
             gates = torch.stack([
                 torch.full_like(gates[..., i], float(gate_override[b])) if b in gate_override else gates[..., i]
                 for i, b in enumerate(self.branches)
             ], -1)
-        seen = torch.stack([outputs[b][1].reshape(*blocked, 1) for b in self.branches], -1)  # [B, nq, l, 1, n_br]
-        branch_outputs = [outputs[b][0].transpose(-3, -2).reshape(*blocked, self.n_heads, -1) for b in self.branches]
-        combined = GatedSum.apply(gates * seen, *branch_outputs)  # [B, nq, l, H, dh]
-        return combined.reshape(batch, layout.padded, self.hidden_size)[:, :length]
+        seen = torch.stack([seen[b].reshape(*blocked, 1) for b in self.branches], -1)  # [B, nq, l, 1, n_br]
+        combined = GatedSum.apply(gates * seen, *(outputs[b] for b in self.branches))  # [B, nq, l, H, dh]
+        combined = combined.reshape(layout.batch, layout.padded, self.hidden_size)
+        return combined if layout.padded == layout.length else combined[:, :layout.length]
 
     def forward(self, hidden: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None,
-                gate_override: Optional[Dict[str, float]] = None) -> torch.Tensor:
+                gate_override: Optional[Dict[str, float]] = None, plan: Optional[SparsePlan] = None) -> torch.Tensor:
         real = None if key_padding_mask is None else key_padding_mask.bool()
         if self.attention == "dense":
             return self.out(self._dense(hidden, real))
-        if real is None:
-            real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
-        return self.out(self._sparse(hidden, real, gate_override))
+        if plan is None:
+            if real is None:
+                real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            plan = self.plan(real, hidden.dtype)
+        return self.out(self._sparse(hidden, plan, gate_override))
 
 
 # ----- encoder stack ------------------------------------------------------------------------------
@@ -463,8 +594,8 @@ class SparseTransformerLayer(nn.Module):
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout)
 
-    def forward(self, hidden, key_padding_mask=None):
-        hidden = self.attention_norm(hidden + self.dropout(self.attention(hidden, key_padding_mask)))
+    def forward(self, hidden, key_padding_mask=None, plan=None):
+        hidden = self.attention_norm(hidden + self.dropout(self.attention(hidden, key_padding_mask, plan=plan)))
         return self.ffn_norm(hidden + self.dropout(self.outer(self.activation(self.inner(hidden)))))
 
 
@@ -483,6 +614,12 @@ class SparseTransformerEncoder(nn.Module):
         )
 
     def forward(self, hidden, key_padding_mask=None):
+        """Sparse layers share one :class:`SparsePlan` (layout and padding masks) built here once."""
+        plan = None
+        first = self.layers[0].attention
+        if first.attention == "sparse":
+            real = key_padding_mask.bool() if key_padding_mask is not None else torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+            plan = first.plan(real, hidden.dtype)
         for layer in self.layers:
-            hidden = layer(hidden, key_padding_mask)
+            hidden = layer(hidden, key_padding_mask, plan=plan)
         return hidden
