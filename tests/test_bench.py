@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from recbole_mm.bench import __main__ as cli
-from recbole_mm.bench import compare, synthetic
+from recbole_mm.bench import measure, pipeline, runner, synthetic
 from recbole_mm.bench.profiles import CATEGORY_FEATURE_MODELS, get_profile, model_config, protocol_config
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
 
@@ -114,33 +114,45 @@ def test_rank_metrics_and_cold_subset():
     import torch
 
     ranks = torch.tensor([0, 3, 12, 9])
-    metrics = compare.rank_metrics(ranks, k=10)
+    metrics = measure.rank_metrics(ranks, k=10)
     assert metrics["recall@10"] == pytest.approx(3 / 4)
     assert metrics["ndcg@10"] == pytest.approx((1 + 1 / math.log2(5) + 1 / math.log2(11)) / 4)
     targets = torch.tensor([1, 2, 3, 4])
     counts = torch.tensor([0, 50, 1, 2, 40])  # items 2 and 3 are rare
-    cold = compare.cold_metrics(ranks, targets, counts, cold_max_count=2)
+    cold = measure.cold_metrics(ranks, targets, counts, cold_max_count=2)
     assert cold["cold_users"] == 2
     assert cold["cold_recall@10"] == pytest.approx(0.5)
     assert cold["cold_ndcg@10"] == pytest.approx((1 / math.log2(5)) / 2)
-    assert compare.cold_metrics(ranks, targets, counts, cold_max_count=-1)["cold_recall@10"] is None
+    assert measure.cold_metrics(ranks, targets, counts, cold_max_count=-1)["cold_recall@10"] is None
 
 
-def test_history_rankings_count_history_in_the_top_and_rank_without_it():
+def test_rankings_give_both_protocols_and_count_repeats():
+    """One ranking of every item gives RecBole's ranks, the history-excluded ranks (a repeated target
+    is a miss there), the repeat flags and the history items in the top k."""
     import torch
 
     scores = torch.tensor([
         [-float("inf"), 5.0, 4.0, 3.0, 2.0, 1.0],  # history {1, 2}, target 4: two history items above it
-        [-float("inf"), 1.0, 2.0, 3.0, 4.0, 5.0],  # history {3, 5} and the target 5 itself: it stays ranked
+        [-float("inf"), 1.0, 2.0, 3.0, 4.0, 5.0],  # history {3, 5}, target 5 repeats the history
     ])
-    history = torch.tensor([[0, 1, 2], [3, 5, 0]])
-    rows, items = torch.tensor([0, 1]), torch.tensor([4, 5])
-    in_top, unseen = compare.history_rankings(scores, rows, items, history, k=2)
-    assert in_top.tolist() == [2, 1] and unseen.tolist() == [1, 0]
-    assert compare.rank_metrics(torch.tensor([3, 0]), k=2)["ndcg@2"] < compare.rank_metrics(unseen, k=2)["ndcg@2"]
-    metrics = compare.history_metrics((in_top, unseen), k=2)
-    assert metrics["history_in_top2"] == 1.5 and metrics["unseen_recall@2"] == 1.0
-    assert compare.history_metrics(None) == {}
+    batch = types.SimpleNamespace(**{"item_id_list": torch.tensor([[0, 1, 2], [3, 5, 0]]), "user_id": torch.tensor([7, 8])})
+    interaction = {"item_id_list": batch.item_id_list, "user_id": batch.user_id}
+    trainer = types.SimpleNamespace(
+        model=types.SimpleNamespace(eval=lambda: None, ITEM_SEQ="item_id_list"), device=torch.device("cpu"),
+        config={"USER_ID_FIELD": "user_id"}, exclude_history=True,
+        _full_sort_batch_eval=lambda batch: (interaction, scores.clone(), torch.tensor([0, 1]), torch.tensor([4, 5])),
+    )
+    rankings = measure.rank_test_targets(trainer, [object()], k=2)
+    assert trainer.exclude_history is True  # switched off only while ranking
+    assert rankings.full.tolist() == [3, 0] and rankings.excl.tolist() == [1, 6]
+    assert rankings.repeats.tolist() == [False, True] and rankings.history_in_top.tolist() == [2, 1]
+    assert rankings.users.tolist() == [7, 8] and rankings.targets.tolist() == [4, 5]
+    metrics = measure.protocol_metrics(rankings, k=2)
+    assert metrics["repeat_share"] == 0.5 and metrics["history_in_top2"] == 1.5
+    assert metrics["full_recall@2"] == 0.5 and metrics["excl_recall@2"] == 0.5
+    assert metrics["excl_ndcg@2"] == pytest.approx(0.5 / math.log2(3)) and metrics["full_ndcg@2"] == pytest.approx(0.5)
+    per_user = measure.per_user_ndcg(rankings, ["b", "a"], k=2)
+    assert per_user == {"users": ["a", "b"], "full": [1.0, 0.0], "excl": [0.0, round(1 / math.log2(3), 5)]}
 
 
 # ----- the harness end to end -----------------------------------------------------------------
@@ -156,7 +168,7 @@ def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_
     results = tmp_path / "results" / "tiny"
     markdown = (results / "results.md").read_text()
 
-    header, rows = _table_rows(markdown, "Model | Features")
+    header, rows = _table_rows(markdown, "Model | Features | Recall@10")
     for column in QUALITY_HEADER:
         assert column in header
     by_model = {row[0]: dict(zip(header, row)) for row in rows}
@@ -201,9 +213,9 @@ def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_
 
     def fake_run_model(model, dataset, config_dict, seed=2020, data_path=None, **options):
         calls.append(model)
-        return dict(compare.new_row(model, dataset, seed), error="RuntimeError: still exploding")
+        return dict(pipeline.new_row(model, dataset, seed), error="RuntimeError: still exploding")
 
-    monkeypatch.setattr(compare, "run_model", fake_run_model)
+    monkeypatch.setattr(runner, "run_model", fake_run_model)
     assert cli.main(argv) == 0
     assert calls == ["Exploding"]
     rerun = {row["model"]: row for row in _read_csv(results / "results.csv")}
@@ -212,80 +224,115 @@ def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_
 
 
 def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, capsys):
-    row = compare.run_model("SASRec", "tiny", tiny_config(epochs=1), seed=3, max_batches=2, log_path="sasrec.log", threads=1)
+    row = runner.run_model("SASRec", "tiny", tiny_config(epochs=1), seed=3, max_batches=2, log_path="sasrec.log", threads=1)
     assert row["status"] == "ok", row["error"]
     assert row["threads"] == 1
     assert (row["model"], row["seed"], row["train_steps"], row["epochs"], len(row["valid_curve"])) == ("SASRec", 3, 2, 1, 1)
     assert 0.0 <= row["ndcg@10"] <= 1.0 and row["peak_rss_mb"] > 50 and row["params"] > 0
     assert row["infer_ms_per_user"] > 0 and row["test_users"] == 60
-    assert 0.0 <= row["history_in_top10"] <= 10.0 and row["unseen_ndcg@10"] >= row["ndcg@10"]
+    assert 0.0 <= row["history_in_top10"] <= 10.0 and 0.0 < row["repeat_share"] < 1.0 and row["exclude_history"] is False
+    assert row["full_ndcg@10"] == pytest.approx(row["ndcg@10"], abs=1e-4)  # our ranking pass agrees with RecBole's
+    per_user = row["per_user"]
+    assert len(per_user["users"]) == len(per_user["full"]) == len(per_user["excl"]) == 60
+    assert per_user["users"] == sorted(per_user["users"])
+    assert sum(per_user["excl"]) / 60 == pytest.approx(row["excl_ndcg@10"], abs=1e-4)
     assert "[bench] SASRec seed 3: epoch 1/1" in capsys.readouterr().err
     assert "[bench] SASRec seed 3: done" in open("sasrec.log", encoding="utf-8").read()
 
 
 def test_a_child_that_dies_or_hangs_becomes_a_failed_row(tiny_config, monkeypatch):
     """What the parent sees when a run ends without a result (segfault, OOM kill, os._exit) or hangs."""
-    monkeypatch.setattr(compare, "_WORKER_CODE", "import os, sys; print('dying now'); sys.stdout.flush(); os._exit(3)")
-    crashed = compare.run_model("SASRec", "tiny", tiny_config(), seed=5)
+    monkeypatch.setattr(runner, "_WORKER_CODE", "import os, sys; print('dying now'); sys.stdout.flush(); os._exit(3)")
+    crashed = runner.run_model("SASRec", "tiny", tiny_config(), seed=5)
     assert (crashed["status"], crashed["model"], crashed["seed"]) == ("failed", "SASRec", 5)
     assert crashed["error"] == "WorkerCrash: exit code 3; last output: dying now"
-    monkeypatch.setattr(compare, "_WORKER_CODE", "import time; time.sleep(60)")
-    hung = compare.run_model("SASRec", "tiny", tiny_config(), seed=5, timeout=1)
+    monkeypatch.setattr(runner, "_WORKER_CODE", "import time; time.sleep(60)")
+    hung = runner.run_model("SASRec", "tiny", tiny_config(), seed=5, timeout=1)
     assert hung["status"] == "failed" and hung["error"] == "TimeoutError: killed after 1 s" and hung["wall_s"] < 30
 
 
-def _fake_run(model, seed, ndcg, status="ok", error="", ms_per_step=10.0):
-    row = compare.new_row(model, "toy", seed)
-    row.update(status=status, error=error, uses_features=model != "SASRec")
+USERS = [f"u{index:02d}" for index in range(40)]
+
+
+def _fake_run(model, seed, ndcg, status="ok", error="", ms_per_step=10.0, excl=None):
+    """A finished run whose per-user NDCG@10 alternates ndcg +- 0.05 over 40 users (mean ``ndcg``)."""
+    row = pipeline.new_row(model, "toy", seed)
+    row.update(status=status, error=error, uses_features=model != "SASRec", point={"learning_rate": 0.001, "dropout": 0.2})
     if status == "ok":
-        row.update({key: ndcg for key in compare.METRIC_KEYS}, valid_curve=[ndcg / 2, ndcg], epochs=2, params=1000,
+        excl = ndcg if excl is None else excl
+        row.update({key: ndcg for key in measure.METRIC_KEYS}, valid_curve=[ndcg / 2, ndcg], epochs=2, params=1000,
                    train_s_per_epoch=1.0, train_ms_per_step=ms_per_step, infer_ms_per_user=0.5, peak_rss_mb=300.0,
-                   cold_users=4, **{"cold_recall@10": ndcg / 2, "cold_ndcg@10": ndcg / 4})
+                   cold_users=4, repeat_share=0.0, history_in_top10=1.0,
+                   **{"cold_recall@10": ndcg / 2, "cold_ndcg@10": ndcg / 4, "full_ndcg@10": ndcg, "excl_ndcg@10": excl})
+        row["per_user"] = {"users": USERS, "full": [ndcg + (0.05 if i % 2 else -0.05) for i in range(40)],
+                           "excl": [excl + (0.05 if i % 2 else -0.05) for i in range(40)]}
     return row
 
 
-def test_report_aggregates_seeds_and_includes_the_attention_table(tmp_path, monkeypatch):
+def _settings(profile="full", models=("SASRec", "MUFASA")):
+    return {"dataset": "toy", "profile": get_profile(profile).as_dict(), "seeds": [1, 2], "models": list(models),
+            "features": [], "cold_max_count": 5, "overrides": {}, "isolated": True}
+
+
+def test_report_aggregates_seeds_tests_against_sasrec_and_reads_results_files(tmp_path):
     from recbole_mm.bench import report
 
     rows = [
-        _fake_run("SASRec", 1, 0.10), _fake_run("SASRec", 2, 0.20),
+        _fake_run("SASRec", 1, 0.10), _fake_run("SASRec", 2, 0.20), _fake_run("GRU4Rec", 1, 0.15), _fake_run("GRU4Rec", 2, 0.15),
         _fake_run("MUFASA", 1, 0.30, ms_per_step=25.0), _fake_run("MUFASA", 2, 0.0, status="failed", error="OOM | killed"),
     ]
     (tmp_path / "results" / "attention").mkdir(parents=True)
-    (tmp_path / "results" / "attention" / "scaling.md").write_text("| L | dense ms | SAL ms |\n|---|---|---|\n| 2048 | 9 | 3 |\n")
-    monkeypatch.setitem(sys.modules, "recbole_mm.bench.attention", types.SimpleNamespace())  # module without the reader
-    settings = {"dataset": "toy", "profile": get_profile("full").as_dict(), "seeds": [1, 2], "models": ["SASRec", "MUFASA"],
-                "features": [], "cold_max_count": 5, "overrides": {}, "isolated": True}
-    paths = report.write_report(str(tmp_path / "results" / "toy"), rows, ["SASRec", "MUFASA"], settings)
+    (tmp_path / "results" / "attention" / "attention.md").write_text("| L | dense ms | SAL ms |\n|---|---|---|\n| 2048 | 9 | 3 |\n")
+    models = ["SASRec", "GRU4Rec", "MUFASA"]
+    paths = report.write_report(str(tmp_path / "results" / "toy"), rows, models, _settings(models=models))
     markdown = open(paths["markdown"], encoding="utf-8").read()
-    header, table = _table_rows(markdown, "Model | Features")
+    header, table = _table_rows(markdown, "Model | Features | Recall@10")
     by_model = {row[0]: dict(zip(header, row)) for row in table}
     assert by_model["SASRec"]["NDCG@10"] == "0.1500 ± 0.0707" and by_model["SASRec"]["Seeds"] == "2/2"
     assert by_model["MUFASA"]["NDCG@10"] == "0.3000" and by_model["MUFASA"]["Status"] == "ok 1/2 seeds; failed: OOM \\| killed"
+    header, table = _table_rows(markdown, "Model | Features | Tuned point")
+    headline = {row[0]: dict(zip(header, row)) for row in table}
+    assert headline["MUFASA"]["Verdict"] == "better" and headline["MUFASA"]["Δ vs SASRec [95% CI]"].startswith("+0.1500 [+0.1500")
+    assert headline["GRU4Rec"]["Verdict"] == "tie" and headline["SASRec"]["Δ vs SASRec [95% CI]"] == "reference"
+    assert headline["MUFASA"]["Tuned point"] == "lr 0.001, dropout 0.2"
+    assert "Share of test targets that repeat an item of the user's input history: 0.000" in markdown
     speed_header, speed_rows = _table_rows(markdown, "Model | Train ms/step")
-    assert dict(zip(speed_header, speed_rows[1]))["Train x SASRec"] == "2.50x"
-    assert dict(zip(speed_header, speed_rows[1]))["Infer x SASRec"] == "1.00x"
-    assert "| 2048 | 9 | 3 |" in markdown and "cold-user NDCG@10: best with features MUFASA" in markdown
-
-    reader = types.SimpleNamespace(scaling_table_markdown=lambda: "| L | from the module |")
-    monkeypatch.setitem(sys.modules, "recbole_mm.bench.attention", reader)
-    assert report.attention_section(paths["csv"]) == "| L | from the module |"
+    speed = {row[0]: dict(zip(speed_header, row)) for row in speed_rows}
+    assert speed["MUFASA"]["Train x SASRec"] == "2.50x" and speed["MUFASA"]["Infer x SASRec"] == "1.00x"
+    assert "| 2048 | 9 | 3 |" in markdown and "cold-user NDCG@10 (seed means, no CI): best with features MUFASA" in markdown
+    summary = {row["model"]: row for row in _read_csv(paths["csv"])}
+    assert summary["MUFASA"]["full_vs_SASRec_verdict"] == "better" and float(summary["MUFASA"]["full_vs_SASRec_diff"]) == pytest.approx(0.15)
 
 
-def test_features_verdict_says_when_the_gap_is_within_seed_noise():
-    from recbole_mm.bench.report import features_verdict
+def test_report_tuning_grid_and_headline_protocol(tmp_path):
+    from recbole_mm.bench import report
+    from recbole_mm.bench.profiles import grid_points
 
-    def summary(model, features, mean, std, seeds):
-        return {"model": model, "uses_features": features, "seeds_ok": seeds, "ndcg@10_mean": mean, "ndcg@10_std": std}
+    rows = [_fake_run("SASRec", 1, 0.10, excl=0.12), _fake_run("SASRecMM", 1, 0.10, excl=0.02)]
+    settings = _settings(models=["SASRec", "SASRecMM"])
+    settings["profile"]["exclude_history"] = True
+    tuning = {model: {"grid": [{"point": p, "best_valid": 0.1 + 0.01 * i, "status": "ok"} for i, p in enumerate(grid_points(model))],
+                      "chosen": grid_points(model)[-1]} for model in ("SASRec", "SASRecMM")}
+    paths = report.write_report(str(tmp_path / "toy"), rows, ["SASRec", "SASRecMM"], settings, tuning=tuning)
+    markdown = open(paths["markdown"], encoding="utf-8").read()
+    assert markdown.index("## Headline: NDCG@10, input history left out") < markdown.index("## The other protocol: NDCG@10, all items")
+    header, table = _table_rows(markdown, "Model | Features | Tuned point")  # the first one: the headline
+    assert dict(zip(header, table[1]))["Verdict"] == "worse" and dict(zip(header, table[1]))["NDCG@10"] == "0.0200"
+    header, table = _table_rows(markdown, "Model | lr 0.001, dropout 0.2")
+    assert table[0] == ["SASRec", "0.1000", "0.1100", "0.1200", "**0.1300**", "lr 0.003, dropout 0.5"]
 
-    clear = features_verdict([summary("MM", True, 0.30, 0.01, 3), summary("ID", False, 0.20, 0.01, 3)])
-    assert clear == ["- NDCG@10: best with features MM 0.3000 vs best ID-only ID 0.2000: feature model wins."]
-    noisy = features_verdict([summary("MM", True, 0.21, 0.03, 3), summary("ID", False, 0.20, 0.04, 3)])
-    assert noisy[0].endswith("within seed noise (gap 0.0100 <= 0.0500).")
-    single = features_verdict([summary("MM", True, 0.10, 0.0, 1), summary("ID", False, 0.20, 0.0, 1)])
-    assert single[0].endswith("ID-only model wins (one seed: no noise estimate).")
-    nothing = features_verdict([summary("MM", True, 0.0, 0.0, 2), summary("ID", False, 0.0, 0.0, 2)])
-    assert nothing[0].endswith(": tie.")
+
+def test_features_verdict_comes_from_the_paired_ci():
+    from recbole_mm.bench.report import features_verdict, summarize
+
+    def verdict(feature_ndcg, id_ndcg):
+        rows = [_fake_run("MM", 1, feature_ndcg), _fake_run("SASRec", 1, id_ndcg)]
+        rows[1]["uses_features"] = False
+        return features_verdict(summarize(rows, ["MM", "SASRec"]))[0]
+
+    assert "feature model better" in verdict(0.30, 0.20)
+    assert "ID-only model better" in verdict(0.10, 0.20)
+    assert verdict(0.20, 0.20).endswith(": tie (Δ +0.0000 [+0.0000, +0.0000]).")
 
 
 # ----- the synthetic set ----------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The benchmark protocol: history-excluded ranking (``exclude_history``)."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -84,3 +85,157 @@ def test_exclude_history_rejects_non_bool(tiny_config):
     config, net, _ = _build("SASRec", tiny_config(exclude_history="yes"))
     with pytest.raises(ValueError, match="exclude_history"):
         with_history_exclusion(Trainer)(config, net)
+
+
+# ----- significance ---------------------------------------------------------------------------
+
+
+def test_paired_bootstrap_finds_a_known_difference_and_calls_zero_a_tie():
+    import numpy as np
+
+    from recbole_mm.bench import stats
+
+    rng = np.random.default_rng(3)
+    base = rng.random(400)
+    better = base + 0.03 + 0.01 * rng.standard_normal(400)
+    result = stats.compare_paired(better, base)
+    assert result["verdict"] == "better" and result["ci_low"] < 0.03 < result["ci_high"]
+    assert result["diff"] == pytest.approx(0.03, abs=0.003) and result["wilcoxon_p"] < 1e-6
+    assert stats.compare_paired(base, better)["verdict"] == "worse"
+    same = stats.compare_paired(base, base.copy())
+    assert (same["verdict"], same["ci_low"], same["ci_high"], same["wilcoxon_p"]) == ("tie", 0.0, 0.0, 1.0)
+    noise = stats.compare_paired(base + 0.05 * rng.standard_normal(400), base)
+    assert noise["verdict"] == "tie" and noise["ci_low"] < 0 < noise["ci_high"]
+    with pytest.raises(ValueError, match="paired"):
+        stats.compare_paired([1.0, 2.0], [1.0])
+
+
+def test_seed_average_is_per_user_over_the_users_of_every_seed():
+    from recbole_mm.bench import stats
+
+    runs = [{"users": ["a", "b", "c"], "full": [0.0, 1.0, 0.5]}, {"users": ["a", "b"], "full": [1.0, 0.0]}]
+    assert stats.seed_average(runs, "full") == {"a": 0.5, "b": 0.5}
+    assert stats.seed_average([None], "full") is None
+    x, y = stats.paired_arrays({"a": 1.0, "b": 2.0, "c": 3.0}, {"c": 0.0, "a": 1.0})
+    assert x.tolist() == [1.0, 3.0] and y.tolist() == [1.0, 0.0]
+
+
+# ----- the sparse regime's dataset ------------------------------------------------------------
+
+
+def _write_inter(folder, name, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"] + ["\t".join(map(str, row)) for row in rows]
+    (folder / f"{name}.inter").write_text("\n".join(lines) + "\n")
+
+
+def test_sparse_builder_is_deterministic_and_meets_its_median(tmp_path):
+    import numpy as np
+
+    from recbole_mm.bench import sparse
+
+    rng = np.random.default_rng(0)
+    rows = [(user, int(rng.zipf(1.3) % 60) + 1, 4, 1000 * user + step) for user in range(1, 81) for step in range(int(rng.integers(8, 40)))]
+    _write_inter(tmp_path / "src" / "toy", "toy", rows)
+    (tmp_path / "src" / "toy" / "toy.title.npy").write_bytes(b"features")
+    first = sparse.build(str(tmp_path / "a"), source_root=str(tmp_path / "src"), source="toy", name="toy-sparse")
+    second = sparse.build(str(tmp_path / "b"), source_root=str(tmp_path / "src"), source="toy", name="toy-sparse")
+    assert first == second
+    assert (tmp_path / "a" / "toy-sparse" / "toy-sparse.inter").read_bytes() == (tmp_path / "b" / "toy-sparse" / "toy-sparse.inter").read_bytes()
+    assert (tmp_path / "a" / "toy-sparse" / "toy-sparse.title.npy").read_bytes() == b"features"
+    assert first["median_train_interactions"] <= sparse.MAX_MEDIAN_TRAIN < first["source_interactions"]
+    frame = sparse.read_inter(str(tmp_path / "src" / "toy" / "toy.inter"))
+    order = sparse.recency_order(frame)
+    assert sparse.median_train_interactions(frame, order, first["keep"] + 1) > sparse.MAX_MEDIAN_TRAIN  # the largest such cut
+    kept = sparse.read_inter(str(tmp_path / "a" / "toy-sparse" / "toy-sparse.inter"))
+    latest = frame.assign(t=frame["timestamp:float"].astype(float)).groupby("user_id:token")["t"].max()
+    assert kept.groupby("user_id:token").size().max() == first["keep"]
+    assert (kept.assign(t=kept["timestamp:float"].astype(float)).groupby("user_id:token")["t"].max() == latest).all()
+
+
+def test_sparse_ml100k_mm_has_a_median_item_of_at_most_five_training_interactions(tmp_path):
+    from recbole_mm import resources
+    from recbole_mm.bench import sparse
+
+    if resources.bundled_dataset_root(sparse.SOURCE) is None:
+        pytest.skip("bundled ml-100k-mm not installed")
+    info = sparse.build(str(tmp_path))
+    assert info["median_train_interactions"] <= 5 and info["users"] == 943 and info["interactions"] < 20000
+    assert sorted(os.listdir(tmp_path / sparse.NAME)) == sorted(
+        f"{sparse.NAME}{suffix}" for suffix in (".inter", ".item", ".meta.ids", ".meta.npy", ".title.ids", ".title.npy"))
+
+
+# ----- tuning, cache, publishing --------------------------------------------------------------
+
+
+def _fake_run_model(calls):
+    """run_model stand-in: the validation score rewards lr 0.003 and low dropout (of whatever key the model uses)."""
+    from recbole_mm.bench import pipeline
+
+    def run(model, dataset, config, seed=2020, data_path=None, **options):
+        calls.append((model, seed, dict(config)))
+        dropout = config.get("hidden_dropout_prob", config.get("dropout_prob"))
+        score = config["learning_rate"] * 10 - dropout / 10 + seed / 1e6
+        row = dict(pipeline.new_row(model, dataset, seed), status="ok", best_valid=score, uses_features=False, wall_s=0.1,
+                   **{"ndcg@10": score, "full_ndcg@10": score, "excl_ndcg@10": score, "repeat_share": 0.0})
+        row["per_user"] = {"users": ["1", "2"], "full": [score, score], "excl": [score, score]}
+        return row
+
+    return run
+
+
+def test_tuning_picks_each_models_best_point_and_seeds_reuse_the_cache(tiny_planted, tmp_path, monkeypatch):
+    from recbole_mm.bench import benchmark, runner
+    from recbole_mm.bench.profiles import DENSE
+    from recbole_mm.data.synthetic import planted_config
+
+    planted, data_path = tiny_planted
+    calls = []
+    monkeypatch.setattr(runner, "run_model", _fake_run_model(calls))
+    monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
+    table = benchmark.make_table("tiny", DENSE, str(tmp_path / "out"), name="dense", data_path=data_path,
+                                 base_config=planted_config(planted, data_path), published=True)
+    tuning = benchmark.tune(table, ["SASRec", "GRU4Rec"])
+    assert len(calls) == 8
+    assert tuning["SASRec"]["chosen"] == tuning["GRU4Rec"]["chosen"] == {"learning_rate": 0.003, "dropout": 0.2}
+    sasrec = [config for model, _, config in calls if model == "SASRec"]
+    assert {(c["learning_rate"], c["hidden_dropout_prob"], c["attn_dropout_prob"]) for c in sasrec} == {
+        (0.001, 0.2, 0.2), (0.001, 0.5, 0.5), (0.003, 0.2, 0.2), (0.003, 0.5, 0.5)}
+    assert {c["dropout_prob"] for model, _, c in calls if model == "GRU4Rec"} == {0.2, 0.5}
+    assert all(c["exclude_history"] is True and c["MAX_ITEM_LIST_LENGTH"] == 50 for _, _, c in calls)
+    points = {model: entry["chosen"] for model, entry in tuning.items()}
+    paths = benchmark.run_table(table, ["SASRec", "GRU4Rec"], points, tuning=tuning, publish=True)
+    assert len(calls) == 8 + 4  # seed 2020 at the chosen point came from the tuning run
+    markdown = open(paths["markdown"], encoding="utf-8").read()
+    assert "## Tuning grid" in markdown and "**" in markdown and "GRU4Rec" in markdown
+    published = os.listdir(tmp_path / "published" / "dense" / "runs")
+    assert len(published) == 8 + 4 and all(name.endswith(".json") for name in published)
+    # a fresh checkout: no local runs, the published rows give the same table without training
+    fresh = benchmark.make_table("tiny", DENSE, str(tmp_path / "elsewhere"), name="dense", data_path=data_path,
+                                 base_config=planted_config(planted, data_path), published=True, run_missing=False)
+    again = benchmark.tune(fresh, ["SASRec", "GRU4Rec"])
+    assert {m: e["chosen"] for m, e in again.items()} == points and len(calls) == 12
+
+
+def test_cache_key_ignores_folders_and_follows_plugin_source(monkeypatch):
+    from recbole_mm.bench import runner
+
+    spec = runner.RunSpec("SASRecMM", "d", {"data_path": "/a", "learning_rate": 0.001}, 2020, None, {"data": "x", "model": "m1"})
+    moved = spec._replace(config={"data_path": "/b", "learning_rate": 0.001})
+    assert spec.key(None, 5) == moved.key(None, 5)
+    assert spec.key(None, 5) != spec._replace(fingerprints={"data": "x", "model": "m2"}).key(None, 5)
+    assert spec.key(None, 5) != spec._replace(fingerprints={"data": "y", "model": "m1"}).key(None, 5)
+    assert runner.model_fingerprint("SASRec") is None and len(runner.model_fingerprint("SASRecMM")) == 12
+    original = runner.model_fingerprint("SASRecMM")
+    monkeypatch.setattr(runner, "source_fingerprint", lambda module, prefixes=(): "edited")  # an edited model file
+    assert runner.model_fingerprint("SASRecMM") != original
+
+
+def test_source_fingerprint_follows_the_models_local_imports():
+    from recbole_mm.bench import runner
+
+    path = runner._module_file("recbole_mm.model.sasrecmm")
+    imports = runner._local_imports(path, ("recbole_mm.model", "recbole_mm.data"))
+    assert any(name.startswith("recbole_mm.model.abstract") for name in imports)
+    assert runner._module_file("recbole_mm.model.abstract").endswith("abstract.py")
+    assert runner._module_file("torch") is None

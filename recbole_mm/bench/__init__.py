@@ -1,12 +1,17 @@
-"""Benchmarks: ``python -m recbole_mm.bench --dataset ml-100k-mm [--quick]``.
+"""Benchmarks: ``python -m recbole_mm.bench --regime dense|long|sparse|cold`` (see ``__main__``).
 
-- :mod:`recbole_mm.bench.compare`: ``run_model(model, dataset, config_dict, seed, data_path)`` trains
-  and tests one model through RecBole's pipeline and returns one row (metrics, validation curve,
-  timings, parameters, peak memory, cold-item metric); ``run_benchmark`` loops models x seeds with
-  a resumable cache and writes the report.
-- :mod:`recbole_mm.bench.profiles`: the shared protocol and the quick / full budgets.
-- :mod:`recbole_mm.bench.report`: markdown / CSV tables, speed ratios to SASRec, plots.
-- :mod:`recbole_mm.bench.synthetic`: the planted multimodal set with a cold-item test split.
+Modules, each importing only the ones listed before it:
+
+- :mod:`.profiles`: the shared protocol, budgets, the four regimes, the tuning grid;
+- :mod:`.measure`: rankings under both protocols, per-user NDCG@10, cold / history metrics,
+  memory; the metric key constants;
+- :mod:`.stats`: paired bootstrap CI / Wilcoxon of per-user metrics, the better / worse / tie verdict;
+- :mod:`.synthetic`, :mod:`.sparse`: the generated datasets of the cold and sparse regimes;
+- :mod:`.pipeline`: one run through RecBole's build / fit / test in this process;
+- :mod:`.runner`: one process per run, timeouts, the resumable (and published) cache, parallel jobs;
+- :mod:`.report`: markdown / CSV tables, significance against SASRec, speed ratios, plots;
+- :mod:`.benchmark`: tables, tuning and regimes end to end; :mod:`.ablation` and the per-model
+  scripts (``bench.mufasa``, ``bench.dmae``, ``bench.cammsr``) use the runner.
 
 Importing this package is cheap; the submodules load what they need.
 """

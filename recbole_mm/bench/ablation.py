@@ -4,7 +4,7 @@
 A script declares an :class:`AblationSuite`: its variants (name -> model + config overrides), the
 metric columns, and optional hooks (an extra CLI option, a per-variant config fix-up, a per-variant
 data folder, an extra table column). Every variant then trains through RecBole's own pipeline
-(:func:`recbole_mm.bench.compare.run_model`) under :func:`recbole_mm.bench.profiles.model_config`
+(:func:`recbole_mm.bench.runner.run_model`) under :func:`recbole_mm.bench.profiles.model_config`
 (same MAX_ITEM_LIST_LENGTH, hidden size, epochs, batch size, learning rate, seed), and the table
 gives the metrics, training seconds per epoch and full-sort inference milliseconds per user, the
 speeds also as ratios to the reference model (SASRec) measured in the same run.
@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from recbole_mm.bench.compare import run_model
+from recbole_mm.bench.runner import run_model
 from recbole_mm.bench.profiles import FIRST_SEED, get_profile, model_config
 
 Variants = Dict[str, Tuple[str, dict]]  # variant name -> (RecBole / plugin model, config overrides)

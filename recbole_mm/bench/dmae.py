@@ -67,20 +67,18 @@ def history_check(trainer, test_data, shortlists=(), k: int = 10) -> dict:
     """``{variant: metrics}`` of a trained DMAE's test ranking: history items in the top ``k``,
     NDCG@k / Recall@k as RecBole ranks, the same with the input history left out, and full-sort
     milliseconds per user. ``shortlists``: extra lite rows, the head on the backbone's top-C."""
-    from recbole_mm.bench.compare import history_metrics, rank_metrics, rank_test_targets
+    from recbole_mm.bench.measure import protocol_metrics, rank_metrics, rank_test_targets
 
     model = trainer.model
-    if getattr(trainer, "exclude_history", False):
-        trainer.exclude_history = False  # rank everything: history_rankings leaves the history out itself
     variants = ["as trained", "self-pairs remapped"]
     if model.dmae_mode == "lite":
         variants += ["backbone alone"] + [f"shortlist {size}" for size in shortlists]
     results = {}
     for variant in variants:
         with _scoring(model, variant):
-            ranks, _, seconds, history = rank_test_targets(trainer, test_data)
-        results[variant] = {**rank_metrics(ranks, k), **history_metrics(history, k), "users": int(len(ranks)),
-                            "infer_ms_per_user": 1000.0 * seconds / max(1, len(ranks))}
+            rankings = rank_test_targets(trainer, test_data, k)  # both protocols from one ranking of every item
+        results[variant] = {**rank_metrics(rankings.full, k), **protocol_metrics(rankings, k), "users": int(len(rankings.full)),
+                            "infer_ms_per_user": 1000.0 * rankings.seconds / max(1, len(rankings.full))}
     return results
 
 
@@ -89,7 +87,7 @@ def history_table(results: dict, k: int = 10) -> str:
              f"Recall@{k}, history left out | infer ms/user |", "|---|---|---|---|---|---|---|"]
     for variant, row in results.items():
         lines.append(f"| {variant} | {row[f'history_in_top{k}']:.2f} | {row[f'ndcg@{k}']:.4f} | {row[f'recall@{k}']:.4f} | "
-                     f"{row[f'unseen_ndcg@{k}']:.4f} | {row[f'unseen_recall@{k}']:.4f} | {row['infer_ms_per_user']:.3f} |")
+                     f"{row[f'excl_ndcg@{k}']:.4f} | {row[f'excl_recall@{k}']:.4f} | {row['infer_ms_per_user']:.3f} |")
     return "\n".join(lines)
 
 

@@ -1,11 +1,13 @@
-"""Benchmark settings: the shared protocol (DESIGN.md section 6), the quick / full profiles, and
-the few per-model keys a fair comparison needs.
+"""Benchmark settings: the shared protocol, the budgets (profiles), the four regimes, the tuning
+grid, and the few per-model keys a fair comparison needs.
 
-Every model of a table gets the same ``protocol_config``: leave-one-out by time, full ranking,
-the same ``MAX_ITEM_LIST_LENGTH``, hidden size, epochs, early stopping, batch sizes, learning rate
-and seed. ``model_config`` then adds only what a model cannot run without (CE without negative
-sampling, GRU4Rec's embedding size, the categorical fields of FDSA / SASRecF); every other
-hyper-parameter stays at the model's own yaml default.
+Every model of a table gets the same ``protocol_config``: leave-one-out by time, full ranking
+(with or without the input history, ``exclude_history``), the same ``MAX_ITEM_LIST_LENGTH``,
+hidden size, epochs, early stopping, batch sizes, learning rate and seed. ``model_config`` then
+adds only what a model cannot run without (CE without negative sampling, GRU4Rec's embedding
+size, the categorical fields of FDSA / SASRecF). A regime's tuning grid (:func:`grid_points`)
+varies the learning rate and each model's own dropout keys (:data:`DROPOUT_KEYS`) alike for
+every model; every other hyper-parameter stays at the model's yaml default.
 """
 
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +35,7 @@ class Profile:
     eval_batch_size: int
     learning_rate: float
     max_batches: Optional[int]  # training batches per epoch (None = the whole epoch)
+    exclude_history: bool = False  # rank without the user's input items (valid and test)
 
     def with_overrides(self, **changes) -> "Profile":
         """A copy with the given fields replaced (``None`` values keep the profile's own)."""
@@ -71,7 +74,7 @@ def get_profile(name: str) -> Profile:
 
 
 def protocol_config(profile: Profile) -> dict:
-    """The config every model of a table shares (DESIGN.md section 6)."""
+    """The config every model of a table shares."""
     return {
         "MAX_ITEM_LIST_LENGTH": profile.max_len,
         "hidden_size": profile.hidden_size,
@@ -82,6 +85,7 @@ def protocol_config(profile: Profile) -> dict:
         "train_batch_size": profile.train_batch_size,
         "eval_batch_size": profile.eval_batch_size,
         "learning_rate": profile.learning_rate,
+        "exclude_history": profile.exclude_history,
         "loss_type": "CE",
         "train_neg_sample_args": None,
         "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full"},
@@ -114,3 +118,80 @@ def model_config(model: str, profile: Profile, features: Optional[List[str]] = N
             )
         config["selected_features"] = list(features)
     return config
+
+
+# ----- regimes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Regime:
+    """One named benchmark of ``python -m recbole_mm.bench --regime NAME``: a dataset and a budget."""
+
+    name: str
+    dataset: str  # RecBole dataset name (sparse / cold are built under <out>/ by the CLI)
+    profile: Profile  # the budget; profile.seeds = seeds at the tuned point
+    summary: str  # one line for the report and --help
+
+
+# Whole epochs until early stopping; headline ranking without the input history on ml-100k-mm,
+# where nobody rates a movie twice (the other protocol is measured from the same rankings).
+DENSE = Profile(
+    name="dense", seeds=3, epochs=30, stopping_step=3, max_len=50, hidden_size=64, train_batch_size=512,
+    eval_batch_size=1024, learning_rate=0.001, max_batches=None, exclude_history=True,
+)
+REGIMES: Dict[str, Regime] = {
+    "dense": Regime("dense", "ml-100k-mm", DENSE, "ml-100k-mm, histories of 50, history-excluded ranking; where every model is tuned"),
+    "long": Regime("long", "ml-100k-mm", replace(DENSE, name="long", seeds=2, max_len=200),
+                   "ml-100k-mm, histories of 200 (149 of 943 users have 200+ ratings), history-excluded ranking"),
+    "sparse": Regime("sparse", "ml-100k-mm-sparse", replace(DENSE, name="sparse"),
+                     "each ml-100k-mm user's most recent ratings only: the median item has at most 5 training "
+                     "interactions, so content carries most items; history-excluded ranking"),
+    "cold": Regime("cold", "planted-cold", replace(DENSE, name="cold", max_len=20, exclude_history=False),
+                   "the planted synthetic set with cold test items (histories of at most 24, which repeat "
+                   "items: RecBole's ranking is the headline)"),
+}
+TUNING_REGIME = "dense"  # the regime whose grid picks every model's point for all regimes
+
+# ----- the tuning grid ------------------------------------------------------------------------
+
+GRID_LEARNING_RATES = (0.001, 0.003)
+GRID_DROPOUTS = (0.2, 0.5)
+_TRANSFORMER_DROPOUT = ("hidden_dropout_prob", "attn_dropout_prob")
+# Each model's own dropout keys, all set to the grid's dropout value (from the models' yaml files).
+# A model not listed is tuned on the learning rate only.
+DROPOUT_KEYS: Dict[str, tuple] = {
+    "SASRec": _TRANSFORMER_DROPOUT,
+    "BERT4Rec": _TRANSFORMER_DROPOUT,
+    "FDSA": _TRANSFORMER_DROPOUT,
+    "SASRecF": _TRANSFORMER_DROPOUT,
+    "GRU4Rec": ("dropout_prob",),
+    "SASRecMM": _TRANSFORMER_DROPOUT,
+    "MUFASA": _TRANSFORMER_DROPOUT,
+    "DMAE": _TRANSFORMER_DROPOUT,
+    "CAMMSR": _TRANSFORMER_DROPOUT,
+}
+
+
+def grid_points(model: str) -> List[Dict[str, float]]:
+    """The tuning points of ``model``: ``{"learning_rate": lr, "dropout": p}`` (lr only when the
+    model's dropout keys are unknown), in a fixed order (the first best wins ties)."""
+    if model not in DROPOUT_KEYS:
+        return [{"learning_rate": lr} for lr in GRID_LEARNING_RATES]
+    return [{"learning_rate": lr, "dropout": p} for lr in GRID_LEARNING_RATES for p in GRID_DROPOUTS]
+
+
+def point_config(model: str, point: Optional[Dict[str, float]]) -> dict:
+    """A grid point as config keys: ``dropout`` becomes the model's own dropout keys."""
+    config = {}
+    for key, value in (point or {}).items():
+        if key == "dropout":
+            config.update({name: value for name in DROPOUT_KEYS[model]})
+        else:
+            config[key] = value
+    return config
+
+
+def get_regime(name: str) -> Regime:
+    if name not in REGIMES:
+        raise ValueError(f"unknown regime '{name}'; choose one of {sorted(REGIMES)}")
+    return REGIMES[name]

@@ -1,29 +1,32 @@
-"""Benchmark report: per-model mean +- std over seeds as markdown and CSV, speed ratios, plots.
+"""Benchmark report: per-model mean +- std over seeds, paired significance against SASRec, the
+tuning grid, speed ratios, plots; markdown and CSV.
 
-``write_report(results_dir, rows, models, settings)`` writes into ``results_dir``:
+``write_report(results_dir, rows, models, settings, tuning=None)`` writes into ``results_dir``:
 
-- ``results.md``: quality table (Recall / NDCG @10 @20, MRR@10, params, train s/epoch, full-sort
-  inference ms/user, peak RSS), the cold-item table, the speed section (ratios to SASRec of the
-  same table), features-vs-ID-only, MUFASA's attention scaling table when present, settings;
+- ``results.md``: the headline table (NDCG@10 of each model at its tuned point under the regime's
+  ranking protocol, seed mean +- std, mean per-user difference to SASRec with its paired bootstrap
+  95% CI, Wilcoxon p, verdict better / worse / tie from the CI), the same under the other protocol,
+  the share of test targets that repeat the input history, the full quality table (Recall / NDCG
+  @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), cold items, history items,
+  features vs ID-only, speed ratios, the tuning grid, MUFASA's attention / memory-mapping results
+  files when present, settings;
 - ``results.csv`` (one row per model) and ``runs.csv`` (one row per (model, seed) run);
-- ``valid_ndcg10.png`` (validation NDCG@10 per epoch per model) and ``quality_vs_time.png``
-  (test NDCG@10 vs train seconds per epoch), when matplotlib is installed.
+- ``valid_ndcg10.png`` and ``quality_vs_time.png`` when matplotlib is installed.
 
 A failed run shows as ``failed: <error>`` in the table; the other models are reported as usual.
+Runs only read here: the report never imports the scripts that wrote the results files.
 """
 
-import csv
-import glob
-import importlib
-import math
 import os
 import platform
-import statistics
 import time
 from typing import Dict, List, Optional, Sequence
 
-from recbole_mm.bench.compare import COLD_KEYS, HISTORY_KEYS, METRIC_KEYS
-from recbole_mm.bench.profiles import PROFILES, SPEED_REFERENCE
+import pandas as pd
+
+from recbole_mm.bench import stats
+from recbole_mm.bench.measure import COLD_KEYS, HISTORY_KEYS, METRIC_KEYS, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS
+from recbole_mm.bench.profiles import PROFILES, REGIMES, SPEED_REFERENCE
 
 # numeric run fields aggregated over seeds (mean, std)
 NUMERIC_KEYS = METRIC_KEYS + COLD_KEYS + HISTORY_KEYS + (
@@ -38,64 +41,80 @@ NUMERIC_KEYS = METRIC_KEYS + COLD_KEYS + HISTORY_KEYS + (
     "wall_s",
 )
 QUALITY_COLUMNS = (("Recall@10", "recall@10"), ("Recall@20", "recall@20"), ("NDCG@10", "ndcg@10"), ("NDCG@20", "ndcg@20"), ("MRR@10", "mrr@10"))
+SIGNIFICANCE_FIELDS = ("diff", "ci_low", "ci_high", "wilcoxon_p", "verdict")
 SUMMARY_FIELDS = (
-    ["model", "status", "seeds_ok", "seeds_run", "uses_features", "error"]
+    ["model", "status", "seeds_ok", "seeds_run", "uses_features", "point", "error"]
     + [f"{key}_{stat}" for key in NUMERIC_KEYS for stat in ("mean", "std")]
+    + [f"{protocol}_vs_{SPEED_REFERENCE}_{field}" for protocol in PROTOCOLS for field in SIGNIFICANCE_FIELDS]
     + ["train_step_ratio", "infer_ratio"]
 )
 RUN_FIELDS = (
-    ["model", "seed", "status", "error", "uses_features"]
+    ["model", "seed", "status", "error", "uses_features", "point", "exclude_history"]
     + list(METRIC_KEYS)
     + ["best_valid", "best_epoch", "epochs", "train_steps", "train_s_per_epoch", "train_ms_per_step", "infer_ms_per_user",
        "test_users", "params", "peak_rss_mb", "cold_max_count", "cold_users"]
     + list(COLD_KEYS)
     + list(HISTORY_KEYS)
-    + ["device", "threads", "wall_s", "finished_at", "valid_curve"]
+    + ["device", "threads", "wall_s", "finished_at", "key", "valid_curve"]
 )
 PLOT_FILES = {"valid_curves": "valid_ndcg10.png", "quality_vs_time": "quality_vs_time.png"}
+# results files of the standalone scripts, under the results root, shown when present
+EXTRA_RESULTS = (("MUFASA attention scaling", "attention", "attention.md"), ("Memory-mapped feature store", "scale", "scale.md"))
 
 
 # ----- aggregation ----------------------------------------------------------------------------
 
 
-def _mean_std(values):
-    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _status(runs: List[dict], ok: List[dict]) -> str:
+    if ok:
+        return "ok" if len(ok) == len(runs) else "partial"
+    return "missing" if runs and all(row.get("status") == "missing" for row in runs) else "failed"
+
+
+def _numeric_stats(ok: List[dict]) -> dict:
+    """``<key>_mean`` / ``<key>_std`` (sample std; 0 for one seed) of every numeric field, via pandas."""
+    frame = pd.DataFrame([{key: row.get(key) for key in NUMERIC_KEYS} for row in ok], columns=list(NUMERIC_KEYS))
+    frame = frame.apply(pd.to_numeric, errors="coerce")
+    means, stds = frame.mean(), frame.std(ddof=1).fillna(0.0)
+    result = {}
+    for key in NUMERIC_KEYS:
+        present = frame[key].notna().any()
+        result[f"{key}_mean"] = float(means[key]) if present else None
+        result[f"{key}_std"] = float(stds[key]) if present else None
+    return result
 
 
 def summarize(rows: Sequence[dict], models: Sequence[str]) -> List[dict]:
-    """One summary per model (in ``models`` order): status, seeds, mean / std of every numeric field."""
+    """One summary per model (in ``models`` order): status, seeds, tuning point, mean / std of every
+    numeric field, the seed-averaged per-user NDCG@10 of each protocol, the mean validation curve."""
     summaries = []
     for model in models:
         runs = [row for row in rows if row["model"] == model]
         ok = [row for row in runs if row.get("status") == "ok"]
         errors = sorted({row.get("error") or "" for row in runs if row.get("status") != "ok"} - {""})
-        if ok:
-            status = "ok" if len(ok) == len(runs) else "partial"
-        else:
-            status = "missing" if runs and all(row.get("status") == "missing" for row in runs) else "failed"
         summary = {
             "model": model,
-            "status": status,
+            "status": _status(runs, ok),
             "seeds_ok": len(ok),
             "seeds_run": len(runs),
             "uses_features": next((row.get("uses_features") for row in runs if row.get("uses_features") is not None), None),
+            "point": next((row.get("point") for row in runs if row.get("point")), None),
             "error": "; ".join(errors),
         }
-        for key in NUMERIC_KEYS:
-            summary[f"{key}_mean"], summary[f"{key}_std"] = _mean_std(row.get(key) for row in ok)
+        summary.update(_numeric_stats(ok))
+        for protocol in PROTOCOLS:
+            summary[f"per_user_{protocol}"] = stats.seed_average([row.get(PER_USER_KEY) for row in ok], protocol)
         summary["valid_curve"] = _mean_curve([row.get("valid_curve") or [] for row in ok])
         summaries.append(summary)
     _add_speed_ratios(summaries)
+    _add_significance(summaries)
     return summaries
 
 
 def _mean_curve(curves):
     """Per-epoch mean over the seeds that reached that epoch (early stopping ends curves early)."""
     length = max((len(curve) for curve in curves), default=0)
-    return [statistics.fmean(curve[epoch] for curve in curves if len(curve) > epoch) for epoch in range(length)]
+    return [float(pd.Series([curve[epoch] for curve in curves if len(curve) > epoch]).mean()) for epoch in range(length)]
 
 
 def _add_speed_ratios(summaries, reference=SPEED_REFERENCE):
@@ -104,6 +123,25 @@ def _add_speed_ratios(summaries, reference=SPEED_REFERENCE):
         for ratio, key in (("train_step_ratio", "train_ms_per_step_mean"), ("infer_ratio", "infer_ms_per_user_mean")):
             value, base = summary.get(key), ref.get(key) if ref else None
             summary[ratio] = value / base if value is not None and base else None
+
+
+def paired(a: dict, b: dict, protocol: str) -> Optional[dict]:
+    """:func:`recbole_mm.bench.stats.compare_paired` of two summaries' seed-averaged per-user NDCG@10."""
+    left, right = a.get(f"per_user_{protocol}"), b.get(f"per_user_{protocol}")
+    if not left or not right:
+        return None
+    x, y = stats.paired_arrays(left, right)
+    return stats.compare_paired(x, y) if len(x) else None
+
+
+def _add_significance(summaries, reference=SPEED_REFERENCE):
+    """``<protocol>_vs_<reference>_{diff, ci_low, ci_high, wilcoxon_p, verdict}`` of every model."""
+    ref = next((s for s in summaries if s["model"] == reference), None)
+    for summary in summaries:
+        for protocol in PROTOCOLS:
+            result = paired(summary, ref, protocol) if ref is not None and summary is not ref else None
+            for field in SIGNIFICANCE_FIELDS:
+                summary[f"{protocol}_vs_{reference}_{field}"] = result.get(field) if result else None
 
 
 # ----- markdown -------------------------------------------------------------------------------
@@ -170,18 +208,19 @@ def cold_table(summaries, cold_max_count) -> List[str]:
 
 
 def history_table(summaries) -> List[str]:
-    """The models' top 10 against each user's input history (runs cached before it was measured: "-")."""
-    header = ["Model", "Features", "History items in top 10", "NDCG@10", "NDCG@10, history left out", "Recall@10, history left out"]
+    """The models' top 10 against each user's input history, and NDCG / Recall @10 under both protocols."""
+    header = ["Model", "Features", "History items in top 10", "Repeat share", "NDCG@10 all items", "NDCG@10 history out",
+              "Recall@10 all items", "Recall@10 history out"]
     rows = [
-        [s["model"], _features_mark(s), _fmt(s, "history_in_top10", 2), _fmt(s, "ndcg@10"), _fmt(s, "unseen_ndcg@10"),
-         _fmt(s, "unseen_recall@10")]
+        [s["model"], _features_mark(s), _fmt(s, "history_in_top10", 2), _fmt(s, "repeat_share", 3, with_std=False),
+         _fmt(s, "full_ndcg@10"), _fmt(s, "excl_ndcg@10"), _fmt(s, "full_recall@10"), _fmt(s, "excl_recall@10")]
         for s in summaries
     ]
     intro = (
-        "RecBole ranks every item for sequential models, the items of the user's input history included. "
-        "How many of those each model puts in its top 10, and its metrics when they are left out of the "
-        "ranking (the target always stays in): on data where users do not repeat items, slots spent on "
-        "history items are lost."
+        "RecBole ranks every item for sequential models, the items of the user's input history included. How many "
+        "of those each model puts in its top 10 (all-items ranking), and its metrics under both protocols (history "
+        "out: the input items are not candidates, so a target that repeats one is a miss). Repeat share: test "
+        "targets that are an item of the input history (a property of the data)."
     )
     return [intro, ""] + _table(header, rows)
 
@@ -205,66 +244,133 @@ def speed_table(summaries, reference=SPEED_REFERENCE) -> List[str]:
     return [intro, ""] + _table(header, rows)
 
 
-def _verdict(feature_model: dict, id_model: dict, key: str) -> str:
-    """Who wins, unless the gap is within seed noise: ``|gap| <= sqrt(std_a^2 + std_b^2)`` of the
-    per-seed values (only known with two or more seeds on both sides)."""
-    gap = feature_model[f"{key}_mean"] - id_model[f"{key}_mean"]
-    if gap == 0:
-        return "tie"
-    winner = "feature model wins" if gap > 0 else "ID-only model wins"
-    if min(feature_model["seeds_ok"], id_model["seeds_ok"]) < 2:
-        return f"{winner} (one seed: no noise estimate)"
-    noise = math.hypot(feature_model[f"{key}_std"] or 0.0, id_model[f"{key}_std"] or 0.0)
-    return f"within seed noise (gap {abs(gap):.4f} <= {noise:.4f})" if abs(gap) <= noise else winner
+def _ci_text(result: dict) -> str:
+    return f"{result['diff']:+.4f} [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]"
 
 
-def features_verdict(summaries) -> List[str]:
-    """Best feature-using model vs best ID-only model, overall and on cold users."""
-    lines = []
-    for key, label in (("ndcg@10", "NDCG@10"), ("cold_ndcg@10", "cold-user NDCG@10")):
-        best = {}
-        for group in (True, False):
-            scored = [s for s in summaries if s["uses_features"] is group and s.get(f"{key}_mean") is not None]
-            best[group] = max(scored, key=lambda s: s[f"{key}_mean"]) if scored else None
-        if best[True] is None or best[False] is None:
-            continue
+def _p_text(value) -> str:
+    return "-" if value is None else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
+
+
+def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[str]:
+    """NDCG@10 per model under ``protocol``, with the paired comparison to ``reference``."""
+    header = ["Model", "Features", "Tuned point", "Seeds", "NDCG@10", f"Δ vs {reference} [95% CI]", "Wilcoxon p", "Verdict"]
+    rows = []
+    for s in summaries:
+        prefix = f"{protocol}_vs_{reference}_"
+        if s["model"] == reference:
+            delta, p_value, verdict = "reference", "-", "-"
+        elif s.get(prefix + "verdict"):
+            delta = _ci_text({field: s[prefix + field] for field in ("diff", "ci_low", "ci_high")})
+            p_value, verdict = _p_text(s[prefix + "wilcoxon_p"]), s[prefix + "verdict"]
+        else:
+            delta, p_value, verdict = "-", "-", "-" if s["seeds_ok"] else _status_text(s, 80)
+        rows.append([s["model"], _features_mark(s), point_text(s.get("point")), f"{s['seeds_ok']}/{s['seeds_run']}",
+                     _fmt(s, f"{protocol}_ndcg@10"), delta, p_value, verdict])
+    intro = (
+        f"Test NDCG@10 ({PROTOCOL_NAMES[protocol]}), mean ± std over seeds. Δ: mean over test users of the model's "
+        f"NDCG@10 minus {reference}'s (each averaged over seeds first), with its paired bootstrap 95% CI "
+        f"({stats.BOOTSTRAP_SAMPLES} resamples of users). Verdict from the CI only: better / worse when it excludes 0, "
+        "else tie."
+    )
+    return [intro, ""] + _table(header, rows)
+
+
+def repeat_line(summaries) -> List[str]:
+    """The share of test targets that repeat an item of the input history (a data property)."""
+    shares = [s["repeat_share_mean"] for s in summaries if s.get("repeat_share_mean") is not None]
+    if not shares:
+        return []
+    share = max(shares)
+    advice = ("users here do not repeat items, so leaving the history out costs nothing" if share == 0 else
+              f"a history-excluded ranking misses these targets by construction; with a share this "
+              f"{'large' if share > 0.05 else 'small'} {'prefer RecBole' if share > 0.05 else 'either'} protocol for this data")
+    return [f"Share of test targets that repeat an item of the user's input history: {share:.3f} ({advice}).", ""]
+
+
+def point_text(point) -> str:
+    if not point:
+        return "defaults"
+    names = {"learning_rate": "lr", "dropout": "dropout"}
+    return ", ".join(f"{names.get(key, key)} {value:g}" if isinstance(value, float) else f"{names.get(key, key)} {value}"
+                     for key, value in point.items())
+
+
+def tuning_table(tuning: Dict[str, dict]) -> List[str]:
+    """Validation NDCG@10 of every grid point per model (one seed), the chosen point in bold."""
+    points = []
+    for entry in tuning.values():
+        for point in entry["grid"]:
+            if point["point"] not in points:
+                points.append(point["point"])
+    header = ["Model"] + [point_text(point) for point in points] + ["Chosen"]
+    rows = []
+    for model, entry in tuning.items():
+        cells = {point_text(point["point"]): point for point in entry["grid"]}
+        row = [model]
+        for point in points:
+            found = cells.get(point_text(point))
+            if found is None:
+                row.append("n/a")
+            elif found["best_valid"] is None:
+                row.append(found["status"])
+            else:
+                text = f"{found['best_valid']:.4f}"
+                row.append(f"**{text}**" if point == entry["chosen"] else text)
+        row.append(point_text(entry["chosen"]) if entry["chosen"] else "-")
+        rows.append(row)
+    intro = (
+        "Validation NDCG@10 (best epoch) of each grid point, one seed, the same grid for every model "
+        "(dropout sets each model's own dropout keys; models without a known mapping get the learning rate only). "
+        "The best validation point (first on ties) is the one every regime runs."
+    )
+    return [intro, ""] + _table(header, rows)
+
+
+def features_verdict(summaries, protocol: str = "full") -> List[str]:
+    """Best feature-using model vs best ID-only model (by mean NDCG@10 under ``protocol``), with the
+    paired per-user CI; the cold-user line compares seed means (few users, no per-user arrays)."""
+    key = f"{protocol}_ndcg@10"
+    best = {}
+    for group in (True, False):
+        scored = [s for s in summaries if s["uses_features"] is group and s.get(f"{key}_mean") is not None]
+        best[group] = max(scored, key=lambda s: s[f"{key}_mean"]) if scored else None
+    if best[True] is None or best[False] is None:
+        return ["Needs at least one finished model with features and one without."]
+    result = paired(best[True], best[False], protocol)
+    verdict = "no per-user values" if result is None else (
+        {"better": "feature model better", "worse": "ID-only model better", "tie": "tie"}[result["verdict"]]
+        + f" (Δ {_ci_text(result)})")
+    lines = [
+        f"- NDCG@10 ({PROTOCOL_NAMES[protocol]}): best with features {best[True]['model']} {best[True][f'{key}_mean']:.4f} "
+        f"vs best ID-only {best[False]['model']} {best[False][f'{key}_mean']:.4f}: {verdict}."
+    ]
+    cold = [s for s in summaries if s.get("cold_ndcg@10_mean") is not None]
+    groups = {group: max((s for s in cold if s["uses_features"] is group), key=lambda s: s["cold_ndcg@10_mean"], default=None)
+              for group in (True, False)}
+    if groups[True] and groups[False]:
         lines.append(
-            f"- {label}: best with features {best[True]['model']} {best[True][f'{key}_mean']:.4f} vs best ID-only "
-            f"{best[False]['model']} {best[False][f'{key}_mean']:.4f}: {_verdict(best[True], best[False], key)}."
+            f"- cold-user NDCG@10 (seed means, no CI): best with features {groups[True]['model']} "
+            f"{groups[True]['cold_ndcg@10_mean']:.4f} vs best ID-only {groups[False]['model']} {groups[False]['cold_ndcg@10_mean']:.4f}."
         )
-    return lines or ["Needs at least one finished model with features and one without."]
+    return lines
 
 
-def attention_section(results_dir) -> Optional[str]:
-    """MUFASA's attention scaling table, written by ``recbole_mm.bench.attention``, when present.
-
-    Looks for ``scaling_table_markdown()`` in that module (it must return the stored table, or None,
-    without running anything), else for the newest ``*.md`` under ``<results root>/attention/``.
-    """
-    try:
-        module = importlib.import_module("recbole_mm.bench.attention")
-    except ImportError:
-        module = None
-    except Exception as exc:  # a broken module must not sink the whole report
-        return f"(recbole_mm.bench.attention failed to import: {type(exc).__name__}: {exc})"
-    reader = getattr(module, "scaling_table_markdown", None)
-    if callable(reader):
-        try:
-            text = reader()
-        except Exception as exc:
-            return f"(scaling_table_markdown() failed: {type(exc).__name__}: {exc})"
-        if text:
-            return text.strip()
-    candidates = glob.glob(os.path.join(os.path.dirname(os.path.abspath(results_dir)), "attention", "*.md"))
-    if candidates:
-        with open(max(candidates, key=os.path.getmtime), encoding="utf-8") as handle:
-            return handle.read().strip()
-    return None
+def extra_results(results_dir) -> List[str]:
+    """The standalone scripts' results files (``<results root>/attention/attention.md``, ...), when present."""
+    root = os.path.dirname(os.path.abspath(results_dir))
+    lines = []
+    for title, folder, name in EXTRA_RESULTS:
+        path = os.path.join(root, folder, name)
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as handle:
+                lines += [f"### {title}", "", handle.read().strip(), ""]
+    return lines
 
 
 def _profile_text(profile: dict) -> str:
     """The profile's name and the fields changed from it (e.g. by --epochs)."""
-    base = PROFILES.get(profile["name"])
+    base = REGIMES[profile["name"]].profile if profile["name"] in REGIMES else PROFILES.get(profile["name"])
     changed = [f"{key}={value}" for key, value in profile.items() if base is not None and getattr(base, key, value) != value]
     return f"`{profile['name']}`" + (f" with {', '.join(changed)}" if changed else "")
 
@@ -281,11 +387,12 @@ def settings_lines(settings, rows) -> List[str]:
         f"- dataset: `{settings['dataset']}`; models: {', '.join(settings['models'])}",
         f"- profile {_profile_text(profile)}",
         f"- protocol (every model): leave-one-out by time (`LS: valid_and_test`, `order: TO`), full ranking over all "
-        f"items, `MAX_ITEM_LIST_LENGTH` {profile['max_len']}, hidden size {profile['hidden_size']}, up to "
+        f"items{' but the input history (`exclude_history: True`) for early stopping and the headline' if profile.get('exclude_history') else ''}, "
+        f"`MAX_ITEM_LIST_LENGTH` {profile['max_len']}, hidden size {profile['hidden_size']}, up to "
         f"{profile['epochs']} epochs, early stopping on valid NDCG@10 with patience {profile['stopping_step']}, "
         f"train batch {profile['train_batch_size']}"
         + (f" (at most {profile['max_batches']} batches per epoch)" if profile.get("max_batches") else "")
-        + f", lr {profile['learning_rate']}, CE loss over all items, seeds {settings['seeds']}",
+        + f", lr {profile['learning_rate']} (unless tuned), CE loss over all items, seeds {settings['seeds']}",
         f"- categorical item fields for FDSA / SASRecF: {settings['features'] or 'none'}",
     ]
     if settings.get("overrides"):
@@ -299,18 +406,31 @@ def settings_lines(settings, rows) -> List[str]:
     return lines
 
 
-def markdown_report(summaries, rows, settings, title=None, notes=(), attention=None, plots=None) -> str:
+def headline_protocol(settings) -> str:
+    return "excl" if settings["profile"].get("exclude_history") else "full"
+
+
+def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), plots=None, tuning=None) -> str:
+    headline = headline_protocol(settings)
+    other = next(protocol for protocol in PROTOCOLS if protocol != headline)
     lines = [f"# {title or 'Benchmark: ' + settings['dataset']}", ""]
     lines += [note for note in notes] + ([""] if notes else [])
-    lines += ["## Quality (test set, mean ± std over seeds)", ""] + quality_table(summaries) + [""]
+    if any(s.get(f"{headline}_ndcg@10_mean") is not None for s in summaries):
+        lines += [f"## Headline: NDCG@10, {PROTOCOL_NAMES[headline]}", ""] + headline_table(summaries, headline) + [""]
+        lines += repeat_line(summaries)
+        lines += [f"## The other protocol: NDCG@10, {PROTOCOL_NAMES[other]}", "",
+                  "The same trained models (early stopping under the headline protocol), ranked the other way."]
+        lines += [""] + headline_table(summaries, other) + [""]
+    lines += ["## Quality (test set, headline protocol, RecBole's metrics, mean ± std over seeds)", ""] + quality_table(summaries) + [""]
     if any(s.get("cold_users_mean") for s in summaries):
         lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"]) + [""]
     if any(s.get("history_in_top10_mean") is not None for s in summaries):
         lines += ["## History items", ""] + history_table(summaries) + [""]
-    lines += ["## Features vs ID-only", ""] + features_verdict(summaries) + [""]
+    lines += ["## Features vs ID-only", ""] + features_verdict(summaries, headline) + [""]
     lines += ["## Speed", ""] + speed_table(summaries) + [""]
-    if attention:
-        lines += ["### MUFASA attention scaling", "", attention, ""]
+    if tuning:
+        lines += ["## Tuning grid", ""] + tuning_table(tuning) + [""]
+    lines += list(extras)
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({path})" for name, path in plots.items()] + [""]
     elif plots is not None:
@@ -325,15 +445,14 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), attention=N
 def _csv_value(value):
     if isinstance(value, list):
         return ";".join(f"{v:.6f}" if isinstance(v, float) else str(v) for v in value)
-    return "" if value is None else value
+    if isinstance(value, dict):
+        return point_text(value)
+    return value
 
 
 def write_csv(path, records, fields) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        for record in records:
-            writer.writerow({field: _csv_value(record.get(field)) for field in fields})
+    frame = pd.DataFrame([{field: _csv_value(record.get(field)) for field in fields} for record in records], columns=list(fields))
+    frame.to_csv(path, index=False)
 
 
 # ----- plots ----------------------------------------------------------------------------------
@@ -414,12 +533,16 @@ def write_plots(results_dir, summaries) -> Optional[Dict[str, str]]:
 # ----- all of it ------------------------------------------------------------------------------
 
 
-def write_report(results_dir, rows, models, settings, title=None, notes=()) -> Dict[str, str]:
-    """Write ``results.md``, ``results.csv``, ``runs.csv`` and the plots; returns their paths."""
+def write_report(results_dir, rows, models, settings, title=None, notes=(), tuning=None) -> Dict[str, str]:
+    """Write ``results.md``, ``results.csv``, ``runs.csv`` and the plots; returns their paths.
+
+    ``tuning``: ``{model: {"grid": [{"point", "best_valid", "status"}], "chosen": point}}`` for the
+    tuning-grid table (None: no tuning)."""
     os.makedirs(results_dir, exist_ok=True)
     summaries = summarize(rows, models)
     plots = write_plots(results_dir, summaries)
-    text = markdown_report(summaries, rows, settings, title=title, notes=notes, attention=attention_section(results_dir), plots=plots)
+    text = markdown_report(summaries, rows, settings, title=title, notes=notes, extras=extra_results(results_dir),
+                           plots=plots, tuning=tuning)
     paths = {
         "markdown": os.path.join(results_dir, "results.md"),
         "csv": os.path.join(results_dir, "results.csv"),

@@ -16,14 +16,13 @@ reads the modalities knows its cluster from its content. The report's cold-item 
 (Recall@10 / NDCG@10 over test users whose target is rare in training) shows whether a model
 that uses features actually exploits them.
 
-``python -m recbole_mm.bench.synthetic [--quick] [--models ...]`` runs the benchmark on it
-(the same as ``python -m recbole_mm.bench --dataset planted-cold``).
+``python -m recbole_mm.bench --regime cold`` (tuned, seeds) or ``--dataset planted-cold`` (one
+budget) runs the benchmark on it.
 """
 
 import dataclasses
 import hashlib
 import os
-import sys
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -137,9 +136,3 @@ def describe(info: dict) -> List[str]:
         f"and content reveals the cluster, so models that read features should win on cold users."
     ]
 
-
-if __name__ == "__main__":
-    from recbole_mm.bench.__main__ import _interrupt_on_sigterm, main
-
-    _interrupt_on_sigterm()
-    sys.exit(main(["--dataset", NAME] + sys.argv[1:]))

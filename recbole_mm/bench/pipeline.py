@@ -1,0 +1,302 @@
+"""One benchmark run through RecBole's own pipeline, in this process: build, fit, test, measure.
+
+:func:`train_and_evaluate` trains one (model, seed) the way ``run_recbole`` does (``Config`` ->
+``create_dataset`` -> ``data_preparation`` -> ``get_model`` -> ``get_trainer``), with the plugin's
+overall defaults active and the trainer made history-aware (``exclude_history``, for RecBole's
+trainers too), and returns one row: RecBole's test metrics, the validation NDCG@10 of every epoch,
+time per epoch and per step, full-sort inference time per user, trainable parameters, peak resident
+memory, cold-item metrics, both ranking protocols and per-user NDCG@10 (:mod:`.measure`).
+Process isolation, caching and timeouts are :mod:`.runner`'s.
+"""
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from typing import List, Optional
+
+from recbole_mm.bench.measure import (
+    COLD_KEYS,
+    HISTORY_KEYS,
+    METRIC_KEYS,
+    PER_USER_KEY,
+    cold_metrics,
+    peak_rss_mb,
+    per_user_ndcg,
+    protocol_metrics,
+    rank_test_targets,
+    train_item_counts,
+)
+from recbole_mm.bench.profiles import CATEGORY_FEATURE_MODELS
+
+PROGRESS_PREFIX = "[bench]"
+
+
+def say(text: str) -> None:
+    """One progress line on stderr (the runner relays a child's lines that carry the prefix)."""
+    print(f"{PROGRESS_PREFIX} {text}", file=sys.stderr, flush=True)
+
+
+def new_row(model: str, dataset: str, seed: int) -> dict:
+    """A row with every key :func:`train_and_evaluate` returns, before anything is known."""
+    row = {
+        "model": model,
+        "dataset": dataset,
+        "seed": seed,
+        "status": "failed",
+        "error": "",
+        "uses_features": None,
+        "exclude_history": None,
+        "best_valid": None,
+        "best_epoch": None,
+        "valid_curve": [],
+        "epochs": 0,
+        "train_steps": 0,
+        "train_s_per_epoch": None,
+        "train_ms_per_step": None,
+        "infer_ms_per_user": None,
+        "test_users": 0,
+        "params": None,
+        "peak_rss_mb": None,
+        "cold_max_count": None,
+        "cold_users": 0,
+        "device": None,
+        "threads": None,
+        "wall_s": None,
+        "finished_at": None,
+    }
+    row.update({key: None for key in METRIC_KEYS + COLD_KEYS + HISTORY_KEYS})
+    row[PER_USER_KEY] = None
+    return row
+
+
+def error_text(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0][:300] if message else ''}".rstrip(": ")
+
+
+@contextlib.contextmanager
+def _scratch_run_dir(argv0: str):
+    """RecBole writes ``log/``, ``log_tensorboard/`` and checkpoints into cwd and reads ``--key=value``
+    from ``sys.argv``: run inside a throw-away folder with a bare argv."""
+    previous_cwd, previous_argv = os.getcwd(), sys.argv
+    scratch = tempfile.mkdtemp(prefix="recbole_mm_run_")
+    os.chdir(scratch)
+    sys.argv = [argv0]
+    try:
+        yield scratch
+    finally:
+        sys.argv = previous_argv
+        os.chdir(previous_cwd)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches, cold_max_count, imports, progress, threads=None) -> dict:
+    """Never raises for a model failure: the error is recorded in the row instead."""
+    import importlib
+
+    import torch
+
+    import recbole_mm  # noqa: F401  (compat fixes + plugin registration)
+
+    row = new_row(model, dataset, seed)
+    row["cold_max_count"] = cold_max_count
+    start = time.perf_counter()
+    report = say if progress else (lambda text: None)
+    previous_threads = torch.get_num_threads()
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        row["threads"] = torch.get_num_threads()
+        for module in imports:
+            importlib.import_module(module)
+        config_dict = dict(config_dict, seed=int(seed))
+        if data_path:
+            config_dict["data_path"] = data_path
+        with _scratch_run_dir(sys.argv[0]) as scratch:
+            config_dict.setdefault("checkpoint_dir", os.path.join(scratch, "saved"))
+            _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count, report)
+        row["status"] = "ok"
+    except Exception as exc:  # the model (or its config) failed: report, don't propagate
+        row["status"] = "failed"
+        row["error"] = error_text(exc)
+        traceback.print_exc()
+        report(f"{model} seed {seed}: FAILED: {row['error']}")
+    finally:
+        torch.set_num_threads(previous_threads)
+    row["peak_rss_mb"] = peak_rss_mb()
+    row["wall_s"] = time.perf_counter() - start
+    row["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return row
+
+
+_RECBOLE_MODEL_PACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+    "exlib_recommender",
+)
+
+
+def check_model_name(model: str) -> None:
+    """Raise a clear error for a name that is neither a RecBole model nor a registered plugin model
+    (RecBole's own lookup would end in an unrelated ImportError of an optional package)."""
+    import recbole.model
+
+    from recbole_mm.registry import registered_models
+
+    base = os.path.dirname(recbole.model.__file__)
+    for package in _RECBOLE_MODEL_PACKAGES:
+        module = f"recbole.model.{package}.{model.lower()}"
+        if module in sys.modules or os.path.isfile(os.path.join(base, package, f"{model.lower()}.py")):
+            return
+    raise ValueError(
+        f"unknown model '{model}': not a RecBole model nor a registered plugin model "
+        f"({', '.join(sorted(registered_models()))}); register your own with --import MODULE"
+    )
+
+
+def build(model, dataset, config_dict):
+    """RecBole's quick-start steps up to a ready trainer (plugin overall defaults active; the trainer
+    RecBole picks, with :class:`recbole_mm.evaluation.HistoryExclusion` mixed in)."""
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import get_model, get_trainer, init_logger, init_seed
+
+    from recbole_mm.evaluation import with_history_exclusion
+    from recbole_mm.registry import plugin_overall_defaults
+
+    check_model_name(model)
+    with plugin_overall_defaults():
+        config = Config(model=model, dataset=dataset, config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    data = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, data)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = with_history_exclusion(get_trainer(config["MODEL_TYPE"], config["model"]))(config, net)
+    return config, net, trainer, (train_data, valid_data, test_data)
+
+
+def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count, say) -> None:
+    """Train with RecBole's trainer (recording each epoch), test the best checkpoint, time scoring."""
+    config, net, trainer, (train_data, valid_data, test_data) = build(model, dataset, config_dict)
+    row["device"] = str(config["device"])
+    row["params"] = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    row["uses_features"] = uses_features(model, net)
+    label = f"{model} seed {config['seed']}"
+    say(f"{label}: {len(train_data)} train batches/epoch" + (f" (capped at {max_batches})" if max_batches else "") + f", device {row['device']}")
+    recorder = _EpochRecorder(trainer, max_batches, label, config["epochs"], say)
+    best_valid, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=recorder.on_valid)
+    test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    row.update({key: float(value) for key, value in test_result.items()})
+    row.update(recorder.summary())
+    row["best_valid"] = float(best_valid)
+    curve = row["valid_curve"]
+    row["best_epoch"] = curve.index(max(curve)) + 1 if curve else None  # RecBole keeps the first best
+    row["exclude_history"] = bool(getattr(trainer, "exclude_history", False))
+    rankings = rank_test_targets(trainer, test_data)
+    row["test_users"] = int(len(rankings.full))
+    row["infer_ms_per_user"] = 1000.0 * rankings.seconds / max(1, len(rankings.full))
+    headline = rankings.excl if row["exclude_history"] else rankings.full
+    row.update(cold_metrics(headline, rankings.targets, train_item_counts(train_data, config), cold_max_count))
+    row.update(protocol_metrics(rankings))
+    users = train_data._dataset.id2token(config["USER_ID_FIELD"], rankings.users.numpy())
+    row[PER_USER_KEY] = per_user_ndcg(rankings, list(users))
+    say(
+        f"{label}: done: test ndcg@10 {row.get('ndcg@10', float('nan')):.4f}, recall@10 {row.get('recall@10', float('nan')):.4f}, "
+        f"repeat share {row.get('repeat_share') or 0:.3f}, {row['train_s_per_epoch']:.1f} s/epoch, {row['infer_ms_per_user']:.3f} ms/user"
+    )
+
+
+def uses_features(model_name: str, net=None) -> bool:
+    """Whether a model reads item features (multimodal plugin models, FDSA / SASRecF categories)."""
+    from recbole_mm.registry import PLUGIN_MODELS
+
+    if model_name in CATEGORY_FEATURE_MODELS or model_name in PLUGIN_MODELS:
+        return True
+    if net is None:
+        return False
+    from recbole_mm.model.abstract import MultimodalSequentialRecommender
+
+    return isinstance(net, MultimodalSequentialRecommender)
+
+
+class _CountingLoader:
+    """A training DataLoader seen through a cap on batches per epoch, counting what it yields."""
+
+    def __init__(self, loader, limit: Optional[int], on_batch=None):
+        self._loader, self._limit, self._on_batch = loader, limit, on_batch
+        self.count = 0
+
+    def __iter__(self):
+        self.count = 0
+        for batch in self._loader:
+            if self._limit is not None and self.count >= self._limit:
+                break
+            self.count += 1
+            if self._on_batch:
+                self._on_batch(self.count, len(self))
+            yield batch
+
+    def __len__(self):
+        total = len(self._loader)
+        return total if self._limit is None else min(total, self._limit)
+
+    def __getattr__(self, name):
+        return getattr(self._loader, name)
+
+
+class _EpochRecorder:
+    """Wraps ``trainer._train_epoch`` (time, steps, batch cap) and collects the validation curve."""
+
+    HEARTBEAT_S = 30.0  # in-epoch progress at most this often
+
+    def __init__(self, trainer, max_batches, label, max_epochs, say):
+        self.trainer, self.max_batches, self.label, self.max_epochs, self.say = trainer, max_batches, label, max_epochs, say
+        self.epoch_seconds: List[float] = []
+        self.epoch_steps: List[int] = []
+        self.valid_curve: List[float] = []
+        self._epoch_start = 0.0
+        self._last_heartbeat = 0.0
+        original = trainer._train_epoch
+
+        def timed_train_epoch(train_data, epoch_idx, loss_func=None, show_progress=False):
+            loader = _CountingLoader(train_data, self.max_batches, self._heartbeat)
+            self._epoch_start = self._last_heartbeat = time.perf_counter()
+            loss = original(loader, epoch_idx, loss_func=loss_func, show_progress=show_progress)
+            self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
+            self.epoch_steps.append(loader.count)
+            return loss
+
+        trainer._train_epoch = timed_train_epoch
+
+    def _heartbeat(self, done, total):
+        now = time.perf_counter()
+        if now - self._last_heartbeat >= self.HEARTBEAT_S:
+            self._last_heartbeat = now
+            self.say(f"{self.label}: epoch {len(self.epoch_seconds) + 1}: batch {done}/{total} ({now - self._epoch_start:.0f} s)")
+
+    def on_valid(self, epoch_idx, valid_score):
+        self.valid_curve.append(float(valid_score))
+        loss = self.trainer.train_loss_dict.get(epoch_idx)
+        self.say(
+            f"{self.label}: epoch {epoch_idx + 1}/{self.max_epochs}: train {self.epoch_seconds[-1]:.1f} s "
+            f"({self.epoch_steps[-1]} steps, loss {loss if loss is None else round(float(loss), 4)}), "
+            f"valid ndcg@10 {valid_score:.4f} (best {max(self.valid_curve):.4f})"
+        )
+
+    def summary(self) -> dict:
+        seconds, steps = sum(self.epoch_seconds), sum(self.epoch_steps)
+        return {
+            "valid_curve": list(self.valid_curve),
+            "epochs": len(self.epoch_seconds),
+            "train_steps": steps,
+            "train_s_per_epoch": seconds / max(1, len(self.epoch_seconds)),
+            "train_ms_per_step": 1000.0 * seconds / max(1, steps),
+        }
