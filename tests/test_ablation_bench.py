@@ -54,6 +54,7 @@ def test_perturb_categories_changes_the_share_and_leaves_the_rest(tiny_planted, 
     assert os.path.islink(tmp_path / "tiny" / "tiny.inter")  # everything else is linked, not copied
 
 
+@pytest.mark.slow
 def test_suite_runs_and_tables_the_variants(tiny_planted, tiny_config, tmp_path):
     """Two variants in-process: metrics, speed ratios against SASRec, the noise variant's drop column."""
     args = _args(cammsr.SUITE, tiny_planted, "--variants", "SASRec,CAMMSR,category noise", "--noise", "0.5", *_tiny_overrides(tiny_config))

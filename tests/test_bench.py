@@ -158,6 +158,7 @@ def test_rankings_give_both_protocols_and_count_repeats():
 # ----- the harness end to end -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_file, fake_models, tmp_path, monkeypatch):
     argv = [
         "--dataset", "tiny", "--models", "SASRec,GRU4Rec,Exploding", "--import", fake_models,
@@ -223,6 +224,7 @@ def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_
     assert "still exploding" in rerun["Exploding"]["error"]
 
 
+@pytest.mark.slow
 def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, capsys):
     row = runner.run_model("SASRec", "tiny", tiny_config(epochs=1), seed=3, max_batches=2, log_path="sasrec.log", threads=1)
     assert row["status"] == "ok", row["error"]
@@ -240,6 +242,7 @@ def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, c
     assert "[bench] SASRec seed 3: done" in open("sasrec.log", encoding="utf-8").read()
 
 
+@pytest.mark.slow
 def test_a_child_that_dies_or_hangs_becomes_a_failed_row(tiny_config, monkeypatch):
     """What the parent sees when a run ends without a result (segfault, OOM kill, os._exit) or hangs."""
     monkeypatch.setattr(runner, "_WORKER_CODE", "import os, sys; print('dying now'); sys.stdout.flush(); os._exit(3)")
@@ -362,6 +365,7 @@ def test_synthetic_cold_split_keeps_the_planted_walk(tmp_path):
     assert len(info["fingerprint"]) == 12
 
 
+@pytest.mark.slow
 def test_attention_scaling_script_writes_its_table(tmp_path, capsys):
     """The scaling benchmark end to end at toy sizes: one subprocess per (implementation, length)."""
     from recbole_mm.bench import attention
