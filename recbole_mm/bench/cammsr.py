@@ -37,7 +37,7 @@ NOISE_BASELINE = {NOISY: CLEAN, NOISY_PRIOR: PRIOR}  # noisy variant -> the clea
 FIRST_VERSION = {
     "dyt_unit_gain": False, "input_norm": "dyt", "id_path": "expert", "id_dropout_prob": 0.5, "gate_norm": False,
     "category_from": "item", "category_prior": True, "cl_false_negatives": False, "cl_warmup_steps": 0,
-    "swap_mode": "sources", "synergy_residual": False,
+    "swap_mode": "sources", "synergy_residual": False, "cl_rows": 1.0,
 }
 
 
