@@ -134,7 +134,13 @@ def ray_missing():
 
 
 class _RayTuneStandIn(types.ModuleType):
-    """``ray.tune`` where ray is not installed: importable, and every use says why it cannot run."""
+    """``ray.tune`` where ray is not installed: importable; ``report`` does what ray's does outside a
+    Ray session (nothing: RecBole's ``objective_function`` calls it on every run), and anything else
+    says why it cannot run."""
+
+    @staticmethod
+    def report(*args, **kwargs):
+        return None
 
     def __getattr__(self, name):
         if name.startswith("__"):
@@ -151,8 +157,9 @@ def fix_ray_stand_in():
 
     ``recbole/quick_start/quick_start.py`` runs ``from ray import tune`` at import, for its
     ``objective_function`` (``tune.report``) only; RecBole 1.2.1 pins ``ray<=2.6.3``, which has
-    no wheels past Python 3.11. A ``ray`` module whose ``tune`` raises a clear error when used
-    goes into ``sys.modules``; everything else of RecBole runs as usual.
+    no wheels past Python 3.11. A ``ray`` module goes into ``sys.modules`` whose ``tune.report``
+    is a no-op, as ray's own is outside a Ray session (so ``objective_function`` and RecBole's
+    HyperTuning run), and whose other ``tune`` functions raise a clear error.
     """
     ray = types.ModuleType("ray")
     ray.__doc__ = RAY_MISSING_MESSAGE
