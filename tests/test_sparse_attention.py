@@ -166,6 +166,27 @@ def test_fully_padded_rows_stay_finite_in_training(attention):
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("length", [64, 20])  # chunked window and the one-call window (L <= w)
+def test_dropkey_keeps_causality_and_padding_in_training(length):
+    """Dropped keys only ever remove visibility: with the same random draws, future items and padded
+    items still change nothing, and the dropout does change the outputs."""
+    layer = make_layer(window_size=24, block_size=4, top_blocks=3, attn_dropout=0.5).train()
+    x = torch.randn(2, length, D)
+    real = padding_mask([length, length - 7], length, left=True)
+    changed = torch.where(real[..., None], x, 10 * torch.randn_like(x))
+    changed[:, -1] += 5.0  # the last position is in the future of all others
+    with torch.no_grad():
+        torch.manual_seed(7)
+        before = layer(x, real)
+        torch.manual_seed(7)
+        after = layer(changed, real)
+        reference = layer.eval()(x, real)
+    keep = real.clone()
+    keep[:, -1] = False
+    torch.testing.assert_close(after[keep], before[keep], atol=1e-6, rtol=0)
+    assert torch.isfinite(before).all() and (before - reference).abs().max() > 1e-3
+
+
 # ----- every part is used --------------------------------------------------------------------------
 
 
@@ -318,7 +339,8 @@ def test_encoder_shares_one_plan_and_matches_layer_by_layer(branches):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(branches=()), dict(branches=("window", "global")), dict(attention="flex"), dict(block_size=0)]
+    "kwargs", [dict(branches=()), dict(branches=("window", "global")), dict(attention="flex"), dict(block_size=0),
+               dict(dropout_type="weights")]
 )
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):

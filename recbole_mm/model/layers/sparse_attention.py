@@ -45,6 +45,7 @@ from torch import nn
 
 BRANCHES = ("window", "block", "select")
 ATTENTION_MODES = ("sparse", "dense")
+DROPOUT_TYPES = ("dropkey", "probs")
 # Gate bias at init (weights start at zero): sigmoid(2) = 0.88 for the window, 0.12 for the others,
 # as in lucidrains/native-sparse-attention-pytorch's combine layer.
 GATE_INIT_BIAS = {"window": 2.0, "block": -2.0, "select": -2.0}
@@ -334,6 +335,7 @@ class SparseAttentionAlignment(nn.Module):
         attention: str = "sparse",
         branches: Sequence[str] = BRANCHES,
         select_outside_window: bool = True,
+        dropout_type: str = "dropkey",
     ):
         super().__init__()
         if hidden_size % n_heads:
@@ -345,6 +347,9 @@ class SparseAttentionAlignment(nn.Module):
             raise ValueError(f"branches must be a non-empty subset of {BRANCHES}, got {branches!r}")
         if min(window_size, block_size, top_blocks) < 1:
             raise ValueError("window_size, block_size and top_blocks must be >= 1")
+        if dropout_type not in DROPOUT_TYPES:
+            raise ValueError(f"attention dropout type must be one of {DROPOUT_TYPES}, got {dropout_type!r}")
+        self.dropout_type = dropout_type
         self.hidden_size, self.n_heads, self.head_dim = hidden_size, n_heads, hidden_size // n_heads
         self.window_size, self.block_size, self.top_blocks = window_size, block_size, top_blocks
         self.attn_dropout, self.attention = attn_dropout, attention
@@ -370,8 +375,25 @@ class SparseAttentionAlignment(nn.Module):
         """``[..., d] -> [..., H, dh]`` (a view)."""
         return x.unflatten(-1, (self.n_heads, self.head_dim))
 
-    def _sdpa(self, q, k, v, mask):
+    def _sdpa(self, q, k, v, mask, query_group: int = 0):
+        """SDPA with an additive mask ``[N, 1, Lq, Lk]`` and this layer's attention dropout.
+
+        ``dropout_type="probs"`` drops attention probabilities (SDPA's ``dropout_p``), which the CPU's
+        fused kernel does not support: SDPA then falls back to its unfused maths, twice the time of the
+        whole layer at L = 1024. ``"dropkey"`` (default) drops keys before the softmax instead, through
+        the mask ("DropKey for Vision Transformer", arXiv 2208.02646), so the kernel stays fused. One
+        draw serves each run of ``query_group`` queries (a block of ``l``; 0 = all ``Lq``): torch's
+        CPU sampler would cost more than the attention for one draw per score. A row never loses every
+        key it may see (it keeps its mask then).
+        """
         dropout = self.attn_dropout if self.training else 0.0
+        if dropout > 0 and self.dropout_type == "dropkey":
+            n, _, n_queries, n_keys = mask.shape
+            group = query_group or n_queries
+            drop = torch.rand(n, 1, n_queries // group, 1, n_keys, device=mask.device) < dropout
+            dropped = mask.view(n, 1, n_queries // group, group, n_keys).masked_fill(drop, float("-inf")).view_as(mask)
+            mask = torch.where(torch.isinf(dropped).all(-1, keepdim=True), mask, dropped)
+            dropout = 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
     def plan(self, real: torch.Tensor, dtype=torch.float32) -> SparsePlan:
@@ -387,12 +409,12 @@ class SparseAttentionAlignment(nn.Module):
         weight = torch.cat([self.query.weight, self.key_value["dense"].weight])
         bias = torch.cat([self.query.bias, self.key_value["dense"].bias])
         q, k, v = (self._split_heads(x).transpose(1, 2) for x in F.linear(hidden, weight, bias).chunk(3, -1))  # [B, H, L, dh]
+        dropout = self.attn_dropout if self.training else 0.0  # probabilities: the dense ablation keeps SDPA's dropout
         if real is None:
-            dropout = self.attn_dropout if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
         else:
             mask, seen = additive_mask(causal_mask(q.shape[2], q.device) & real[:, None, None, :], q.dtype)  # [B, 1, L, L]
-            out = self._sdpa(q, k, v, mask).masked_fill(~seen, 0.0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout).masked_fill(~seen, 0.0)
         return out.transpose(1, 2).flatten(2)
 
     # ----- sparse branches ----------------------------------------------------------------------------
@@ -426,11 +448,11 @@ class SparseAttentionAlignment(nn.Module):
         if layout.dense_window:  # the window is the whole causal row: one SDPA call per row
             q_rows, k, v = (self._split_heads(x).view(batch, layout.padded, self.n_heads, -1).transpose(1, 2)
                             for x in (q, key, value))
-            out = self._sdpa(q_rows, k, v, plan.window_mask)  # [B, H, P, dh]
+            out = self._sdpa(q_rows, k, v, plan.window_mask, size)  # [B, H, P, dh]
         else:
             q_blocks = self._split_heads(q).view(batch * nq, size, self.n_heads, -1).transpose(1, 2)  # [B*nq, H, l, dh]
             k, v = (layout.windows(x).unflatten(1, (self.n_heads, self.head_dim)).transpose(-1, -2) for x in (key, value))
-            out = self._sdpa(q_blocks, k, v, plan.window_mask)  # keys [B*nq, H, w+l, dh]
+            out = self._sdpa(q_blocks, k, v, plan.window_mask, size)  # keys [B*nq, H, w+l, dh]
         return out.transpose(1, 2).reshape(batch, nq, size, self.n_heads, -1)
 
     def _compress(self, plan: SparsePlan, rows):
@@ -450,7 +472,7 @@ class SparseAttentionAlignment(nn.Module):
         """Attention over compressed complete blocks (rows before the first complete block see nothing)."""
         layout = plan.layout
         q_rows = self._split_heads(q).view(layout.batch, layout.padded, self.n_heads, -1).transpose(1, 2)
-        out = self._sdpa(q_rows, k_cmp.transpose(1, 2), v_cmp.transpose(1, 2), plan.block_mask)  # [B, H, P, dh]
+        out = self._sdpa(q_rows, k_cmp.transpose(1, 2), v_cmp.transpose(1, 2), plan.block_mask, layout.size)  # [B, H, P, dh]
         return out.transpose(1, 2).reshape(layout.batch, layout.n_blocks, layout.size, self.n_heads, -1)
 
     def _importance(self, plan: SparsePlan, q_first, k_cmp) -> torch.Tensor:
@@ -506,7 +528,7 @@ class SparseAttentionAlignment(nn.Module):
         visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, key_ok.device)
         mask, seen = additive_mask(visible, q.dtype)  # [B*nq, 1, l, ns*l]
         q_blocks = self._split_heads(q).view(batch * nq, size, self.n_heads, -1).transpose(1, 2)
-        out = self._sdpa(q_blocks, keys, values, mask)
+        out = self._sdpa(q_blocks, keys, values, mask, size)
         return out.transpose(1, 2).reshape(batch, nq, size, self.n_heads, -1), seen.view(batch, nq, size, 1)
 
     @torch.no_grad()
@@ -579,13 +601,14 @@ class SparseTransformerLayer(nn.Module):
     """Post-norm block like RecBole's TransformerLayer: SAL -> dropout -> residual -> LayerNorm -> FFN -> residual -> LayerNorm."""
 
     def __init__(self, hidden_size, n_heads, inner_size, hidden_dropout, attn_dropout, hidden_act, layer_norm_eps,
-                 window_size, block_size, top_blocks, attention, branches, select_outside_window=True):
+                 window_size, block_size, top_blocks, attention, branches, select_outside_window=True,
+                 dropout_type="dropkey"):
         super().__init__()
         if hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act must be one of {sorted(ACTIVATIONS)}, got {hidden_act!r}")
         self.attention = SparseAttentionAlignment(
             hidden_size, n_heads, window_size, block_size, top_blocks, attn_dropout, attention, branches,
-            select_outside_window,
+            select_outside_window, dropout_type,
         )
         self.attention_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.inner = nn.Linear(hidden_size, inner_size)
@@ -604,12 +627,12 @@ class SparseTransformerEncoder(nn.Module):
 
     def __init__(self, n_layers=2, hidden_size=64, n_heads=2, inner_size=256, hidden_dropout=0.5, attn_dropout=0.5,
                  hidden_act="gelu", layer_norm_eps=1e-12, window_size=32, block_size=16, top_blocks=4,
-                 attention="sparse", branches=BRANCHES, select_outside_window=True):
+                 attention="sparse", branches=BRANCHES, select_outside_window=True, dropout_type="dropkey"):
         super().__init__()
         self.layers = nn.ModuleList(
             SparseTransformerLayer(hidden_size, n_heads, inner_size, hidden_dropout, attn_dropout, hidden_act,
                                    layer_norm_eps, window_size, block_size, top_blocks, attention, branches,
-                                   select_outside_window)
+                                   select_outside_window, dropout_type)
             for _ in range(n_layers)
         )
 
