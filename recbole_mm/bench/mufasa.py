@@ -4,7 +4,8 @@ Every variant trains through RecBole's own pipeline under one protocol (same MAX
 200 by default, MUFASA's long-sequence setting —, hidden size, epochs, batch size, learning rate,
 seed; :mod:`recbole_mm.bench.ablation`) and the script prints one markdown table: test Recall@10 /
 NDCG@10 / MRR@10, training seconds per epoch and inference milliseconds per user (also as ratios
-to SASRec). Each ablation changes one MUFASA key.
+to SASRec). Each ablation changes one MUFASA key (the "+ ... loss" rows switch on a loss that is
+off by default).
 
 Examples::
 
@@ -25,11 +26,15 @@ SUITE = ablation.AblationSuite(
         "SASRec": ("SASRec", {}),
         "SASRecMM": ("SASRecMM", {}),
         "MUFASA": ("MUFASA", {}),
-        "w/o cross-genre loss": ("MUFASA", {"cga_weight": 0.0}),
-        "w/o collaborative loss": ("MUFASA", {"col_weight": 0.0}),
-        "w/o similarity loss": ("MUFASA", {"sim_weight": 0.0}),
-        "w/o distribution loss": ("MUFASA", {"dist_weight": 0.0}),
+        # the auxiliary losses are off by default: each row switches one on at its former default weight
+        "+ cross-modal loss": ("MUFASA", {"cga_weight": 0.1}),
+        "+ collaborative loss": ("MUFASA", {"col_weight": 0.1}),
+        "+ similarity loss": ("MUFASA", {"sim_weight": 0.05}),
+        "+ distribution loss": ("MUFASA", {"dist_weight": 0.01}),
+        "+ all four losses": ("MUFASA", {"cga_weight": 0.1, "col_weight": 0.1, "sim_weight": 0.05, "dist_weight": 0.01}),
         "w/o SAL (dense)": ("MUFASA", {"attention": "dense"}),
+        "window-only SAL": ("MUFASA", {"sal_branches": ["window"]}),
+        "selection may overlap the window": ("MUFASA", {"select_outside_window": False}),
         "w/o fusion (ID only)": ("MUFASA", {"use_mfl": False}),
     },
 )

@@ -22,6 +22,8 @@ class FusedItems(NamedTuple):
     anchor: torch.Tensor  # projected title h^t
     fused: torch.Tensor  # fused content f = h^t + sum_m gate_m * h^m
     content: torch.Tensor  # W_f f, the content part of the item vector (lives in the ID space)
+    others: Dict[str, torch.Tensor]  # projected other modalities h^m (zero where missing)
+    masks: Dict[str, torch.Tensor]  # [...] bool per modality (anchor included): the item has a vector
 
 
 class MultimodalFusionLayer(nn.Module):
@@ -45,66 +47,49 @@ class MultimodalFusionLayer(nn.Module):
 
     def forward(self, contents: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor]) -> FusedItems:
         anchor = self._project(self.anchor, contents, masks)
-        fused = anchor
+        fused, others = anchor, {}
         for name in self.others:
-            projected = self._project(name, contents, masks)
+            others[name] = projected = self._project(name, contents, masks)
             fused = fused + torch.sigmoid(self.gates[name](torch.cat([anchor, projected], dim=-1))) * projected
-        return FusedItems(anchor, fused, self.to_id_space(fused))
+        return FusedItems(anchor, fused, self.to_id_space(fused), others, masks)
 
     def _project(self, name, contents, masks):
         return self.projections[name](contents[name]) * masks[name].unsqueeze(-1).to(contents[name].dtype)
+
+    def select(self, items: FusedItems, index: torch.Tensor) -> FusedItems:
+        """The rows ``index`` of every field (for the loss items among a step's fused items)."""
+        return FusedItems(items.anchor[index], items.fused[index], items.content[index],
+                          {k: v[index] for k, v in items.others.items()}, {k: v[index] for k, v in items.masks.items()})
 
 
 # ----- the four auxiliary losses -------------------------------------------------------------------
 
 
-def multi_positive_info_nce(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE with a set of positives per query: mean over positives of ``-log softmax`` (cosine / tau).
-
-    ``queries``, ``keys`` ``[n, d]``; ``positives`` bool ``[n, n]`` with at least one True per row.
-    """
+def info_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE matching row ``i`` of ``queries`` to row ``i`` of ``keys`` among all rows (cosine / tau)."""
     logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).t() / temperature
-    log_prob = logits.log_softmax(dim=-1)
-    weights = positives.to(log_prob.dtype)
-    return -((log_prob * weights).sum(-1) / weights.sum(-1)).mean()
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
-def genres_overlap(genres: torch.Tensor) -> torch.Tensor:
-    """``[n, n]`` bool: items i and j share at least one genre (``genres`` ``[n, k]``, 0 = none)."""
-    multi_hot = torch.zeros(genres.shape[0], int(genres.max()) + 1, device=genres.device)
-    multi_hot = multi_hot.scatter_(1, genres, 1.0)[:, 1:]
-    return (multi_hot @ multi_hot.t()) > 0
-
-
-def cross_genre_positives(title: torch.Tensor, genres: torch.Tensor, top_k: int) -> torch.Tensor:
-    """Positives of the cross-genre alignment: the item itself plus, among items that share no
-    genre with it, the ``top_k`` whose frozen titles are most similar (cosine).
-
-    Items without any genre are never cross-genre positives (their genre is unknown).
+def cross_modal_alignment_loss(items: FusedItems, anchor: str, temperature: float) -> torch.Tensor:
+    """(i) Semantic alignment with the title as anchor: for every other modality ``m``, symmetric InfoNCE
+    between each item's projected title ``h^t`` and its own ``h^m`` against the other items of the batch
+    (items that have both vectors). The batch mixes genres, so titles and images / metadata of every
+    genre meet in one space instead of splitting by genre. 0 when no other modality has two such items.
     """
-    n = title.shape[0]
-    eye = torch.eye(n, dtype=torch.bool, device=title.device)
-    if top_k <= 0 or n < 2:
-        return eye
-    similarity = F.normalize(title, dim=-1) @ F.normalize(title, dim=-1).t()
-    known = (genres > 0).any(-1)
-    eligible = ~genres_overlap(genres) & known[:, None] & known[None, :] & ~eye
-    scores = similarity.masked_fill(~eligible, float("-inf"))
-    values, indices = scores.topk(min(top_k, n - 1), dim=-1)
-    chosen = torch.zeros_like(eye).scatter_(1, indices, torch.isfinite(values))
-    return eye | chosen
-
-
-def cross_genre_alignment_loss(fused, anchor, title, genres, top_k: int, temperature: float) -> torch.Tensor:
-    """(i) Pull each fused item towards its own projected title and the titles of semantically
-    close items of *other* genres, away from the rest, so genre boundaries do not split the space."""
-    return multi_positive_info_nce(fused, anchor, cross_genre_positives(title, genres, top_k), temperature)
+    terms = []
+    for name, projected in items.others.items():
+        both = items.masks[name] & items.masks[anchor]
+        if int(both.sum()) < 2:
+            continue
+        title, other = items.anchor[both], projected[both]
+        terms.append(0.5 * (info_nce(title, other, temperature) + info_nce(other, title, temperature)))
+    return torch.stack(terms).mean() if terms else items.anchor.sum() * 0.0
 
 
 def collaborative_alignment_loss(content, id_embedding, temperature: float) -> torch.Tensor:
     """(ii) InfoNCE matching each item's content vector ``W_f f`` to its own ID embedding among the batch."""
-    eye = torch.eye(content.shape[0], dtype=torch.bool, device=content.device)
-    return multi_positive_info_nce(content, id_embedding, eye, temperature)
+    return info_nce(content, id_embedding, temperature)
 
 
 def variance_hinge(x: torch.Tensor, target: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
@@ -117,12 +102,16 @@ def off_diagonal(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.flatten()[1:].view(n - 1, n + 1)[:, :-1]
 
 
-def similarity_structure_loss(fused, title) -> torch.Tensor:
-    """(iii) MSE between the off-diagonal cosine-similarity matrices of the fused vectors and of the
-    frozen titles (keep the title-defined neighbourhoods), plus the variance hinge (no collapse)."""
-    fused_sim = F.normalize(fused, dim=-1) @ F.normalize(fused, dim=-1).t()
-    title_sim = F.normalize(title, dim=-1) @ F.normalize(title, dim=-1).t()
-    return F.mse_loss(off_diagonal(fused_sim), off_diagonal(title_sim)) + variance_hinge(fused)
+def similarity_structure_loss(anchor, title_unit, fused) -> torch.Tensor:
+    """(iii) MSE between the off-diagonal cosine matrices of the projected titles and of the frozen title
+    vectors (``title_unit``, already unit length): the title projection keeps the title neighbourhoods,
+    while the fused vector stays free to follow the other modalities; plus the variance hinge on the fused
+    vectors scaled to norm ``sqrt(d)`` (no dimension collapses, whatever the vectors' scale: on raw vectors
+    the hinge would inflate them to unit spread).
+    """
+    anchor_unit = F.normalize(anchor, dim=-1)
+    mse = F.mse_loss(off_diagonal(anchor_unit @ anchor_unit.t()), off_diagonal(title_unit @ title_unit.t()))
+    return mse + variance_hinge(F.normalize(fused, dim=-1) * fused.shape[-1] ** 0.5)
 
 
 def uniformity_loss(x: torch.Tensor, t: float = 2.0) -> torch.Tensor:
