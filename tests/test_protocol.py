@@ -194,7 +194,7 @@ def test_tuning_picks_each_models_best_point_and_seeds_reuse_the_cache(tiny_plan
     monkeypatch.setattr(runner, "run_model", _fake_run_model(calls))
     monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
     table = benchmark.make_table("tiny", DENSE, str(tmp_path / "out"), name="dense", data_path=data_path,
-                                 base_config=planted_config(planted, data_path), published=True)
+                                 base_config=planted_config(planted, data_path), published=True, jobs=2)
     tuning = benchmark.tune(table, ["SASRec", "GRU4Rec"])
     assert len(calls) == 8
     assert tuning["SASRec"]["chosen"] == tuning["GRU4Rec"]["chosen"] == {"learning_rate": 0.003, "dropout": 0.2}

@@ -1,6 +1,6 @@
 """``python -m recbole_mm.bench.cammsr``: CAMMSR vs SASRec and SASRecMM, its ablations, category noise.
 
-Every variant trains through RecBole's own pipeline (:func:`recbole_mm.bench.compare.run_model`)
+Every variant trains through RecBole's own pipeline (:func:`recbole_mm.bench.runner.run_model`)
 under one protocol (:func:`recbole_mm.bench.profiles.model_config`: same MAX_ITEM_LIST_LENGTH,
 hidden size, epochs, batch size, learning rate, seed); the script prints one markdown table with
 test Recall@5/10, NDCG@5/10 and training seconds per epoch (also as a ratio to SASRec). Ablations

@@ -208,7 +208,10 @@ def data_fingerprint(folder: str) -> str:
 def _local_imports(path: str, prefixes: Sequence[str]) -> List[str]:
     """Modules under ``prefixes`` that the source file ``path`` imports."""
     with open(path, encoding="utf-8") as handle:
-        tree = ast.parse(handle.read(), path)
+        try:
+            tree = ast.parse(handle.read(), path)
+        except SyntaxError:  # a file mid-edit: its bytes still count, the run itself will report the error
+            return []
     names = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
