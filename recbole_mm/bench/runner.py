@@ -34,6 +34,8 @@ PUBLISHED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "publis
 _WORKER_CODE = "from recbole_mm.bench.runner import worker_main; worker_main()"
 # config keys that locate files rather than shape a run (the data fingerprint stands for them)
 _PATH_KEYS = ("data_path", "feature_path", "checkpoint_dir")
+_LIVE = set()  # child processes of runs in flight (parallel jobs are stopped together on Ctrl-C)
+_LIVE_LOCK = threading.Lock()
 
 
 # ----- one run, isolated ----------------------------------------------------------------------
@@ -131,6 +133,8 @@ def _run_isolated(job: dict, timeout: Optional[float], log_path: Optional[str], 
         process = subprocess.Popen(
             command, cwd=scratch, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )
+        with _LIVE_LOCK:
+            _LIVE.add(process)
         timed_out = threading.Event()
         timer = threading.Timer(timeout, lambda: (timed_out.set(), process.kill())) if timeout else None
         if timer:
@@ -145,6 +149,8 @@ def _run_isolated(job: dict, timeout: Optional[float], log_path: Optional[str], 
         finally:
             if timer:
                 timer.cancel()
+            with _LIVE_LOCK:
+                _LIVE.discard(process)
         if os.path.isfile(result_path):
             with open(result_path, encoding="utf-8") as handle:
                 return json.load(handle)
@@ -397,8 +403,16 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
 
     if jobs == 1:
         return [one(spec) for spec in specs]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:  # threads only wait on the runs' child processes
+    pool = ThreadPoolExecutor(max_workers=jobs)  # threads only wait on the runs' child processes
+    try:
         return list(pool.map(one, specs))
+    except KeyboardInterrupt:  # only this thread sees Ctrl-C / SIGTERM: stop the runs in flight too
+        with _LIVE_LOCK:
+            for process in list(_LIVE):
+                process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def failed_row(model: str, dataset: str, seed: int, error: Exception) -> dict:
