@@ -44,6 +44,7 @@ def _with_items(interaction, item):
     return copy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lite", "rerank"])
 def test_stock_run_recbole_completes(tiny_config, mode):
     overrides = RERANK if mode == "rerank" else {"id_dropout_prob": 0.3}
@@ -380,7 +381,7 @@ class _AllTensors(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for tensor in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(tensor, torch.Tensor):
-                self.tensors.append((tuple(tensor.shape), tensor.numel()))
+                self.tensors.append((tuple(tensor.shape), tensor.numel(), tensor.data_ptr()))
         return out
 
 
@@ -390,7 +391,71 @@ def test_shortlist_scoring_memory_does_not_grow_with_the_catalogue(tmp_path):
     largest_other = []
     for n_items in (2000, 8000):
         n, batch, tensors = _scoring_tensors(tmp_path, n_items)
-        wide = {shape for shape, numel in tensors if numel >= n}
+        wide = {shape for shape, numel, _ in tensors if numel >= n}
         assert wide <= {(n,), (batch, n)}, wide
-        largest_other.append(max(numel for shape, numel in tensors if numel < n))
+        largest_other.append(max(numel for _, numel, _ in tensors if numel < n))
     assert largest_other[0] == largest_other[1], largest_other
+
+
+def test_cell_cache_is_built_a_row_block_at_a_time(tiny_config, monkeypatch):
+    """Building the ``[N, N]`` lite tables allocates the two tables (int16 cells, float32 magnitude)
+    and otherwise only one row block's tensors; the budget counts both."""
+    import recbole_mm.model.dmae as dmae_module
+
+    model, _, _ = _model(tiny_config)
+    n, n_modalities = model.n_items, len(model.modalities)
+    monkeypatch.setattr(dmae_module, "CACHE_BUILD_BYTES", 3 * n * dmae_module.BUILD_BYTES_PER_PAIR)  # 3 rows a block
+    probe = _AllTensors()
+    with torch.no_grad(), probe:
+        cells, magnitude = model._cell_tables()
+    assert cells.dtype == torch.int16 and magnitude.dtype == torch.float32
+    others = [numel for shape, numel, _ in probe.tensors if shape != (n, n)]
+    assert max(others) <= 3 * n * n_modalities, max(others)
+    assert len({pointer for shape, _, pointer in probe.tensors if shape == (n, n)}) == 2  # the two tables, nothing else that size
+    budget_mb = (n * n * (4 * n_modalities + 6) + dmae_module.CACHE_BUILD_BYTES) / 2**20
+    assert model._fits_cache(n_modalities) == (model.sim_cache_mb >= budget_mb)
+    model.sim_cache_mb = budget_mb * 0.999
+    assert not model._fits_cache(n_modalities)
+
+
+def test_hard_negatives_come_from_the_backbones_top_and_skip_the_history(tiny_config):
+    model, batch, _ = _model(tiny_config, dmae_hard_negs=4, dmae_hard_pool=8)
+    context = model._context(batch)
+    positives = batch["item_id"]
+    logits = model.score_items(context["user"], model.all_item_ids())
+    hard, unusable = model._hard_negatives(logits, positives, context["history"])
+    masked = logits.detach().clone()
+    masked[:, 0] = -torch.inf
+    masked.scatter_(1, torch.cat([context["history"], positives.unsqueeze(1)], 1), -torch.inf)
+    top = masked.topk(8, dim=1).indices
+    assert hard.shape == (len(positives), 4) and not unusable.any()
+    assert (hard.unsqueeze(-1) == top.unsqueeze(1)).any(-1).all()  # drawn from the pool
+    assert not (hard.unsqueeze(-1) == context["history"].unsqueeze(1)).any() and not (hard == positives.unsqueeze(1)).any()
+    torch.manual_seed(0)
+    with_hard = model.calculate_loss(batch)[1]
+    model.hard_negs = 0
+    torch.manual_seed(0)
+    uniform_only = model.calculate_loss(batch)[1]
+    assert with_hard > uniform_only  # same uniform draws, more (and harder) negatives in the softmax
+
+
+def test_self_pair_remap_moves_history_items_out_of_the_identity_cell(tiny_config):
+    """The probe gives each self-pair the similarities of the item's nearest other item, in every path."""
+    model, _, test = _model(tiny_config)
+    model.eval()
+    history = test["item_id_list"]
+    with torch.no_grad():
+        context = model._context(test)
+        before = model._cells(context, model.all_item_ids())[0]
+        model.remap_self_pairs(True)
+        nearest = model.similarity.self_similarity
+        after = model._cells(context, model.all_item_ids())[0]  # cached tables, rebuilt
+        similarity = model._buckets(context, model.all_item_ids())[0]  # direct lookup path
+        model.remap_self_pairs(False)
+        restored = model._cells(context, model.all_item_ids())[0]
+    rows, positions = (history > 0).nonzero(as_tuple=True)
+    items = history[rows, positions]
+    identity = before[rows, positions, items]
+    assert (identity == identity[0]).all() and not (after[rows, positions, items] == identity[0]).all()
+    torch.testing.assert_close(similarity[rows, positions, items], nearest[items])
+    assert (nearest[1:] < 1).all() and torch.equal(restored, before)

@@ -40,11 +40,14 @@ def test_nan_row_found_in_a_later_block(tmp_path, monkeypatch):
         features.read_feature_file(str(tmp_path), "ds", "text")
 
 
+@pytest.mark.slow
 def test_scale_benchmark_runs_on_a_small_catalogue(tmp_path, capsys):
+    """Both models score the catalogue in their own subprocess; DMAE with its shortlist, a ratio row."""
     result = scale.main(["--items", "2000", "--dim", "16", "--users", "60", "--batch", "4", "--chunk", "300",
-                         "--hidden", "8", "--repeats", "1", "--json", str(tmp_path / "scale.json")])
+                         "--hidden", "8", "--repeats", "1", "--set", "dmae_shortlist=20", "--json", str(tmp_path / "scale.json")])
     out = capsys.readouterr().out
-    assert "| align: extra RSS" in out and "| throughput" in out
+    assert "| align: extra RSS" in out and "| SASRecMM: throughput" in out and "| DMAE vs SASRecMM" in out
     assert result["align"]["rows_correct"] and result["score"]["n_items"] == 2000
-    assert result["align"]["align_s"] > 0 and result["score"]["scores_per_s"] > 0
+    assert result["align"]["align_s"] > 0 and set(result["scores"]) == {"SASRecMM", "DMAE"}
+    assert all(score["scores_per_s"] > 0 and score["n_items"] == 2000 for score in result["scores"].values())
     assert (tmp_path / "scale.json").is_file()

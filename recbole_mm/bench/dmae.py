@@ -109,6 +109,7 @@ def history_main(argv) -> int:
     if config["model"] != "DMAE":
         raise SystemExit(f"{args.checkpoint} holds a {config['model']} model, not DMAE")
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.tot_item_num = test_data._dataset.item_num  # what trainer.evaluate sets before ranking
     shortlists = [int(size) for size in args.shortlists.split(",") if size.strip()]
     print(history_table(history_check(trainer, test_data, shortlists)))
     print(f"\nCheckpoint {args.checkpoint}: dmae_mode {model.dmae_mode}, dmae_shortlist {model.shortlist} ('as trained').")

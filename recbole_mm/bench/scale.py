@@ -10,14 +10,18 @@ fresh subprocess so one phase's memory does not leak into the next:
   numbers items by first appearance, not file order). Time, and peak resident memory: the process's
   high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs`` after the imports) against the
   resident size before the call, compared with the file size. A sample of rows is checked.
-* ``score``: stock RecBole ``create_dataset`` + ``SASRecMM`` on the same folder, then
-  ``full_sort_predict`` of ``--batch`` users over all items with ``score_chunk_size = --chunk``.
+* ``score``, once per model of ``--models`` (default SASRecMM and DMAE): stock RecBole
+  ``create_dataset`` + the model on the same folder, then ``full_sort_predict`` of ``--batch`` users
+  over all items with ``score_chunk_size = --chunk`` (DMAE: its head rescores the backbone's
+  top-``dmae_shortlist``, ``dmae_chunk_size`` at a time; the item-item cache is off at this size).
   Time per call (median of ``--repeats`` after a warm-up), user-item scores per second, and the extra
-  resident memory the call needed, next to the size a ``[B, N, d]`` tensor would have.
+  resident memory the call needed, next to the size a ``[B, N, d]`` tensor would have. Every model
+  after the first is also given as a ratio to the first (time and extra memory).
 
 Linux only (``/proc``). Example, single-threaded::
 
     OMP_NUM_THREADS=1 python -m recbole_mm.bench.scale --items 1000000 --dim 384
+    OMP_NUM_THREADS=1 python -m recbole_mm.bench.scale --items 300000 --batch 128 --models SASRecMM,DMAE
 """
 
 import argparse
@@ -45,10 +49,14 @@ def parse_args(argv=None):
     parser.add_argument("--chunk", type=int, default=65536, help="score_chunk_size (default 65536)")
     parser.add_argument("--hidden", type=int, default=64, help="SASRecMM hidden_size (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="timed full_sort_predict calls (default 3)")
+    parser.add_argument("--models", default="SASRecMM,DMAE", help="comma-separated models to score (default SASRecMM,DMAE)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for the scored models (yaml value), repeatable")
     parser.add_argument("--workdir", default=None, help="folder for the generated dataset (default: a temporary folder, removed)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--phase", choices=("align", "score"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-path", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="SASRecMM", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -134,27 +142,30 @@ def phase_align(args) -> dict:
 
 
 def phase_score(args) -> dict:
-    """Stock RecBole dataset + SASRecMM over the catalogue, then chunked full_sort_predict."""
+    """Stock RecBole dataset + ``args.model`` over the catalogue, then chunked full_sort_predict."""
     import torch
+    import yaml
     from recbole.config import Config
     from recbole.data import create_dataset
     from recbole.data.interaction import Interaction
+    from recbole.utils import get_model
 
-    import recbole_mm  # noqa: F401  (registers SASRecMM and the dataset class)
-    from recbole_mm.model.sasrecmm import SASRecMM
+    import recbole_mm  # noqa: F401  (registers the plugin models and the dataset class)
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    config = Config(model="SASRecMM", dataset=DATASET, config_dict={
+    overrides = {key: yaml.safe_load(value) for key, _, value in (pair.partition("=") for pair in args.overrides)}
+    config = Config(model=args.model, dataset=DATASET, config_dict={
         "data_path": args.data_path, "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id"]},
         "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp", "modalities": ["text"],
         "hidden_size": args.hidden, "inner_size": 2 * args.hidden, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 20,
         "score_chunk_size": args.chunk, "state": "WARNING", "show_progress": False, "save_dataset": False,
         "save_dataloaders": False, "log_wandb": False, "train_neg_sample_args": None, "device": "cpu", "use_gpu": False,
+        **overrides,
     })
     start = time.perf_counter()
     dataset = create_dataset(config)
     dataset_s = time.perf_counter() - start
-    model = SASRecMM(config, dataset).eval()
+    model = get_model(args.model)(config, dataset).eval()
     n_items = model.n_items
     generator = torch.Generator().manual_seed(0)
     interaction = Interaction({
@@ -174,7 +185,7 @@ def phase_score(args) -> dict:
             del scores
         peak = proc_status_kib("VmHWM")
     seconds = statistics.median(times)
-    return {"n_items": n_items - 1, "dataset_s": dataset_s, "score_s": seconds, "users": args.batch,
+    return {"model": args.model, "n_items": n_items - 1, "dataset_s": dataset_s, "score_s": seconds, "users": args.batch,
             "items_per_s": (n_items - 1) / seconds, "scores_per_s": args.batch * (n_items - 1) / seconds,
             "extra_rss_mib": mib(peak - before), "scores_mib": args.batch * n_items * 4 / 2**20,
             "bnd_mib": args.batch * n_items * args.hidden * 4 / 2**20, "rss_mib": mib(proc_status_kib("VmRSS"))}
@@ -183,27 +194,36 @@ def phase_score(args) -> dict:
 # ----- driver --------------------------------------------------------------------------------
 
 
-def run_phase(phase: str, args, data_path: str) -> dict:
+def run_phase(phase: str, args, data_path: str, model: str = "SASRecMM") -> dict:
     command = [sys.executable, "-m", "recbole_mm.bench.scale", "--phase", phase, "--data-path", data_path,
                "--items", str(args.items), "--dim", str(args.dim), "--batch", str(args.batch), "--chunk", str(args.chunk),
-               "--hidden", str(args.hidden), "--repeats", str(args.repeats)]
+               "--hidden", str(args.hidden), "--repeats", str(args.repeats), "--model", model]
+    command += [part for pair in args.overrides for part in ("--set", pair)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"phase {phase} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def table(args, generate_s: float, align: dict, score: dict) -> str:
+def table(args, generate_s: float, align: dict, scores: list) -> str:
     rows = [
         ("catalogue", f"{args.items:,} items x {args.dim} float32 = {align['file_mib']:.0f} MiB (written in {generate_s:.1f} s)"),
         ("align: time", f"{align['align_s']:.2f} s (load_item_features, shuffled id order; {align['rows_checked']} rows checked: {'ok' if align['rows_correct'] else 'WRONG'})"),
         ("align: peak RSS", f"{align['peak_rss_mib']:.0f} MiB = {align['peak_over_file']:.2f}x file (process, imports included)"),
         ("align: extra RSS", f"{align['extra_rss_mib']:.0f} MiB = {align['extra_over_file']:.2f}x file (over the {align['rss_before_mib']:.0f} MiB before the call; target <= 1.2x)"),
-        ("dataset build", f"{score['dataset_s']:.1f} s (RecBole create_dataset incl. alignment)"),
-        ("full_sort_predict", f"{score['score_s']:.3f} s per {score['users']} users over {score['n_items']:,} items, score_chunk_size {args.chunk}"),
-        ("throughput", f"{score['items_per_s']:,.0f} items/s per batch; {score['scores_per_s']:,.0f} user-item scores/s"),
-        ("scoring extra RSS", f"{score['extra_rss_mib']:.0f} MiB (output [B, N] alone: {score['scores_mib']:.0f} MiB; a [B, N, d] tensor: {score['bnd_mib']:,.0f} MiB)"),
     ]
+    first = scores[0]
+    for score in scores:
+        name = score["model"]
+        rows += [
+            (f"{name}: dataset build", f"{score['dataset_s']:.1f} s (RecBole create_dataset incl. alignment)"),
+            (f"{name}: full_sort_predict", f"{score['score_s']:.3f} s per {score['users']} users over {score['n_items']:,} items, score_chunk_size {args.chunk}"),
+            (f"{name}: throughput", f"{score['items_per_s']:,.0f} items/s per batch; {score['scores_per_s']:,.0f} user-item scores/s"),
+            (f"{name}: scoring extra RSS", f"{score['extra_rss_mib']:.0f} MiB (output [B, N] alone: {score['scores_mib']:.0f} MiB; a [B, N, d] tensor: {score['bnd_mib']:,.0f} MiB)"),
+        ]
+        if score is not first:
+            rows.append((f"{name} vs {first['model']}", f"time {score['score_s'] / first['score_s']:.2f}x, extra RSS "
+                         f"{score['extra_rss_mib'] - first['extra_rss_mib']:+.0f} MiB"))
     width = max(len(name) for name, _ in rows)
     lines = [f"| {'measure'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     return "\n".join(lines + [f"| {name.ljust(width)} | {value} |" for name, value in rows])
@@ -221,13 +241,13 @@ def main(argv=None) -> dict:
         write_dataset(workdir, args.items, args.dim, args.users)
         generate_s = time.perf_counter() - start
         align = run_phase("align", args, workdir)
-        score = run_phase("score", args, workdir)
+        scores = [run_phase("score", args, workdir, model.strip()) for model in args.models.split(",") if model.strip()]
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(table(args, generate_s, align, score))
+    print(table(args, generate_s, align, scores))
     result = {"items": args.items, "dim": args.dim, "chunk": args.chunk, "batch": args.batch, "threads": os.environ.get("OMP_NUM_THREADS"),
-              "generate_s": generate_s, "align": align, "score": score}
+              "generate_s": generate_s, "align": align, "score": scores[0], "scores": {score["model"]: score for score in scores}}
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(result, handle, indent=2)

@@ -31,7 +31,7 @@ AFFINE_QUANTILES = (0.01, 0.999)  # data-driven initial affine maps these simila
 AFFINE_SAMPLE = 1024  # items sampled (fixed seed) to estimate them
 MAX_JOINT_CELLS = 4096  # lite keeps [B, L, cells] tables per user; cell ids fit the int16 cache
 CACHE_BUILD_BYTES = 16 * 2**20  # transient memory of one row block while the [N, N] cell tables are built
-BUILD_BYTES_PER_PAIR = 64  # transient bytes per (row, item) pair of that build (similarities, buckets, cells)
+BUILD_BYTES_PER_PAIR = 96  # upper estimate of the transient bytes per (row, item) pair of that build (similarities, buckets, cells)
 
 
 class DMAE(SASRecMM):
@@ -85,9 +85,10 @@ class DMAE(SASRecMM):
         self.chunk_size = int(config["dmae_chunk_size"])
         self.train_negs = int(config["dmae_train_negs"])
         self.rerank_size = min(int(config["dmae_rerank_size"]), self.n_items - 1)
-        self.shortlist = int(config["dmae_shortlist"])
-        self.hard_negs = int(config["dmae_hard_negs"])
-        self.hard_pool = int(config["dmae_hard_pool"])
+        # keys added after the first release: a checkpoint whose config lacks them behaves as before
+        self.shortlist = int(_setting(config, "dmae_shortlist", 0))
+        self.hard_negs = int(_setting(config, "dmae_hard_negs", 0))
+        self.hard_pool = int(_setting(config, "dmae_hard_pool", 100))
         self.rerank_negs = int(config["dmae_rerank_negs"])
         self.rerank_chunk = int(config["dmae_rerank_chunk"])
         self.TIME_FIELD = config["TIME_FIELD"]
@@ -443,6 +444,12 @@ class DMAE(SASRecMM):
         top = self._top_candidates(backbone, size)
         head = self._lite_chunked(context, top) if self.dmae_mode == "lite" else self._rerank_scores(context, top)
         return merge_shortlist(backbone, top, head)
+
+
+def _setting(config, key, default):
+    """``config[key]``, or ``default`` when the config has no such key (RecBole returns None)."""
+    value = config[key]
+    return default if value is None else value
 
 
 def merge_shortlist(backbone, top, head, margin: float = SHORTLIST_MARGIN):
