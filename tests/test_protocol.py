@@ -239,3 +239,13 @@ def test_source_fingerprint_follows_the_models_local_imports():
     assert any(name.startswith("recbole_mm.model.abstract") for name in imports)
     assert runner._module_file("recbole_mm.model.abstract").endswith("abstract.py")
     assert runner._module_file("torch") is None
+
+
+def test_a_regime_without_the_tuning_regimes_grid_says_what_to_run(tmp_path, monkeypatch):
+    from recbole_mm.bench import benchmark
+
+    monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
+    with pytest.raises(benchmark.MissingTuning, match="--regime dense --stage tune"):
+        benchmark.run_regime("cold", ["SASRec"], str(tmp_path / "out"), run_missing=False, progress=False)
+    with pytest.raises(ValueError, match="stage"):
+        benchmark.run_regime("cold", ["SASRec"], str(tmp_path / "out"), stage="everything")

@@ -43,7 +43,7 @@ import sys
 import yaml
 
 from recbole_mm.bench import synthetic
-from recbole_mm.bench.benchmark import make_table, read_yaml, run_regime, run_table
+from recbole_mm.bench.benchmark import MissingTuning, make_table, read_yaml, run_regime, run_table
 from recbole_mm.bench.profiles import DEFAULT_MODELS, PROFILES, REGIMES, TUNING_REGIME, get_profile
 from recbole_mm.bench.runner import DEFAULT_COLD_MAX_COUNT
 
@@ -135,8 +135,11 @@ def main(argv=None) -> int:
         if args.data_path or args.config_files or args.quick or args.profile != "full":
             raise SystemExit("--regime fixes its dataset and budget: drop --data-path / --config-files / --quick / --profile")
         changes = {key: value for key, value in profile_changes(args).items() if value is not None}
-        paths = run_regime(args.regime, models, args.out, stage=args.stage, tuned=not args.untuned, publish=args.publish,
-                           profile_changes=changes, **_run_options(args))
+        try:
+            paths = run_regime(args.regime, models, args.out, stage=args.stage, tuned=not args.untuned, publish=args.publish,
+                               profile_changes=changes, **_run_options(args))
+        except MissingTuning as exc:
+            raise SystemExit(str(exc)) from None
         if paths is None:
             return 0
     else:

@@ -24,6 +24,10 @@ from recbole_mm.bench.runner import (
 )
 
 
+class MissingTuning(RuntimeError):
+    """A regime needs the tuning regime's grid, and the cache does not hold all of it."""
+
+
 @dataclasses.dataclass
 class Table:
     """Everything the runs of one table share."""
@@ -244,7 +248,7 @@ def run_regime(name: str, models: Sequence[str], out_dir: str, *, stage: str = "
         tuning = tuned_points(prepare_regime(TUNING_REGIME, out_dir, **tuning_options), models)
     lacking = missing_tuning(tuning)
     if lacking and (name != TUNING_REGIME or stage == "seeds"):
-        raise RuntimeError(
+        raise MissingTuning(
             f"the {TUNING_REGIME} regime's grid is not complete in the cache for {', '.join(lacking)}: run "
             f"python -m recbole_mm.bench --regime {TUNING_REGIME} --stage tune first (or --untuned)"
         )
