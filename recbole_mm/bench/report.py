@@ -8,8 +8,8 @@ tuning grid, speed ratios, plots; markdown and CSV.
   95% CI, Wilcoxon p, verdict better / worse / tie from the CI), the same under the other protocol,
   the share of test targets that repeat the input history, the full quality table (Recall / NDCG
   @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), cold items, history items,
-  features vs ID-only, speed ratios, the tuning grid, MUFASA's attention / memory-mapping results
-  files when present, settings;
+  features vs ID-only, speed ratios, the tuning grid, MUFASA's attention scaling results file
+  when present, settings;
 - ``results.csv`` (one row per model) and ``runs.csv`` (one row per (model, seed) run);
 - ``valid_ndcg10.png`` and ``quality_vs_time.png`` when matplotlib is installed.
 
@@ -59,7 +59,8 @@ RUN_FIELDS = (
 )
 PLOT_FILES = {"valid_curves": "valid_ndcg10.png", "quality_vs_time": "quality_vs_time.png"}
 # results files of the standalone scripts, under the results root, shown when present
-EXTRA_RESULTS = (("MUFASA attention scaling", "attention", "attention.md"), ("Memory-mapped feature store", "scale", "scale.md"))
+# (``python -m recbole_mm.bench.attention --out results/attention`` writes attention.md)
+EXTRA_RESULTS = (("MUFASA attention scaling", "attention", "attention.md"),)
 
 
 # ----- aggregation ----------------------------------------------------------------------------
