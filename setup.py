@@ -49,7 +49,7 @@ setup(
     packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
     cmdclass={"build_py": BuildWithResources},
     entry_points={"console_scripts": ["run_recbole_mm = recbole_mm.cli:run"]},
-    python_requires=">=3.8,<3.12",
+    python_requires=">=3.8,<3.14",  # tested on 3.11, 3.12 and 3.13; 3.12+ install with uv (README)
     install_requires=[
         "recbole==1.2.1",
         "torch>=2.0",

@@ -30,6 +30,7 @@ def items():
     return rows
 
 
+@pytest.mark.slow
 def test_atomic_files_are_complete(items):
     header, inters = read_atomic("inter")
     assert header == movielens.INTER_HEADER.split("\t")

@@ -160,6 +160,7 @@ def test_amazon_files(tmp_path, layout, gz):
     assert text["B0005"] == expected
 
 
+@pytest.mark.slow
 def test_amazon_with_embedding_trains_with_stock_run_recbole(tmp_path, text_model):  # noqa: F811
     _, reviews, meta = write_amazon(tmp_path, 2014, gz=True)
     data_path = tmp_path / "data"
@@ -190,6 +191,7 @@ def write_mmrec(folder, n_items=24):
     return hist, users
 
 
+@pytest.mark.slow
 def test_mmrec_converts_and_trains(tmp_path):
     source = tmp_path / "mmrec"
     source.mkdir()
@@ -253,6 +255,7 @@ def write_unisrec(folder, name="Sci", max_len=50, plm_size=24):
     return hist, item2index, features
 
 
+@pytest.mark.slow
 def test_unisrec_reproduces_the_split_and_trains(tmp_path):
     source = tmp_path / "uni"
     source.mkdir()

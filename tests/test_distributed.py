@@ -35,6 +35,7 @@ def free_port():
         return str(probe.getsockname()[1])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tiny_config):
     one = run_recbole_mm(model="SASRecMM", dataset="tiny", config_dict=tiny_config(**EXACT_BUDGET))
     two = run_distributed("SASRecMM", "tiny", config_dict=tiny_config(**EXACT_BUDGET), nproc=2, port=free_port())
@@ -54,6 +55,7 @@ def _cli(tiny_config, tmp_path, model):
     return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_command_line_mufasa_on_two_cpu_processes(tiny_config, tmp_path):
     run = _cli(tiny_config, tmp_path, "MUFASA")
     assert run.returncode == 0, run.stderr[-3000:]
@@ -72,6 +74,7 @@ print("PROCESS-GROUP-OK")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skip", ["distributed_cpu", ""])
 def test_distributed_cpu_fix_is_needed(skip):
     """What a DDP rank does first: RecBole alone asks for nccl (configurator.py:497), absent on CPU."""
@@ -120,6 +123,7 @@ print("ENSURE-DIR-OK")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("skip", ["ensure_dir_race", ""])
 def test_ensure_dir_race_fix(skip):
     """Two ranks creating ./log at once: RecBole's check-then-create loses the race (FileExistsError)."""
@@ -157,30 +161,24 @@ def test_with_cuda_recbole_own_nccl_path_is_taken(monkeypatch):
 class _RecordingDDP:
     """Stands in for DistributedDataParallel: keeps what it was built with."""
 
-    ignored = None
-
     def __init__(self, module, device_ids=None, **kwargs):
         self.module, self.device_ids, self.kwargs = module, device_ids, kwargs
-
-    @classmethod
-    def _set_params_and_buffers_to_ignore_for_model(cls, module, names):
-        cls.ignored = list(names)
 
 
 @pytest.mark.parametrize("device, expected_ids", [("cpu", None), ("meta", [0])])
 def test_ddp_wrapper_drops_device_ids_only_on_cpu(device, expected_ids):
     """RecBole passes ``device_ids=[local_rank]``: kept for accelerator modules (``meta`` stands in for
-    a GPU here), dropped for CPU ones, which torch would reject; data buffers skip DDP's broadcast."""
+    a GPU here), dropped for CPU ones, which torch would reject; a module that is not one of the
+    plugin's models keeps DDP's other defaults (buffers broadcast)."""
     import torch
     from torch import nn
 
-    from recbole_mm.compat import _ddp_for_any_device
+    from recbole_mm.compat import _ddp_builder
 
     module = nn.Linear(2, 2, device=device)
     module.register_buffer("features", torch.zeros(3, 2, device=device), persistent=False)
-    wrapped = _ddp_for_any_device(_RecordingDDP)(module, device_ids=[0], find_unused_parameters=True)
+    wrapped = _ddp_builder(_RecordingDDP)(module, device_ids=[0], find_unused_parameters=True)
     assert wrapped.device_ids == expected_ids and wrapped.kwargs == {"find_unused_parameters": True}
-    assert _RecordingDDP.ignored == ["features"]
 
 
 def _nccl_ready():
@@ -190,6 +188,7 @@ def _nccl_ready():
     return torch.cuda.is_available() and dist.is_nccl_available()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _nccl_ready(), reason="needs a CUDA GPU and nccl")
 def test_command_line_mufasa_with_nccl_on_one_gpu(tiny_config, tmp_path):
     """On a GPU machine: one nccl rank per GPU through RecBole's own path (``--gpu_id`` names them)."""

@@ -151,6 +151,7 @@ def test_float16_feature_files(data, model_name):
     torch.testing.assert_close(half[1], upcast[1])
 
 
+@pytest.mark.slow
 def test_stock_run_recbole_with_missing_rows(data):
     result = run_recbole(model="CAMMSR", dataset="holey", config_dict=_config_dict(data, "CAMMSR", missing_feature="mean"))
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0

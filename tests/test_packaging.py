@@ -9,6 +9,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+pytestmark = pytest.mark.slow  # builds a wheel / starts interpreters
+
 
 @pytest.fixture(scope="module")
 def wheel_dir(tmp_path_factory):

@@ -3,6 +3,8 @@
 import os
 import shutil
 
+import pytest
+
 from recbole.config import Config
 from recbole.data import create_dataset
 from recbole.quick_start import run_recbole
@@ -44,6 +46,7 @@ def test_create_dataset_and_trainer_lookup(tiny_config):
     assert get_trainer(config["MODEL_TYPE"], "SASRecMM").__name__ == "MultimodalTrainer"  # recbole_mm.trainer
 
 
+@pytest.mark.slow
 def test_stock_run_recbole_without_config_files(tiny_planted, isolated_run):
     """No config files, no modalities key: the dataset folder's feature files are discovered.
 

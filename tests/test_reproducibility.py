@@ -11,14 +11,18 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import yaml
 
 from recbole_mm.registry import PLUGIN_MODELS
+
+pytestmark = pytest.mark.slow  # trains every plugin model twice in fresh interpreters
 
 TRAIN_ALL = """
 import glob, hashlib, json, sys
 import torch
 import recbole_mm
+import pytest
 import yaml
 torch.set_num_threads(1)
 config = yaml.safe_load(open(sys.argv[1]))

@@ -33,6 +33,7 @@ def _last_file(folder):
     return files[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", PLUGIN_MODELS)
 def test_resume_continues_exactly(model, tiny_config, tmp_path):
     """2 epochs straight == 1 epoch, then resume from its ``-last.pth`` up to 2 epochs."""
@@ -47,6 +48,7 @@ def test_resume_continues_exactly(model, tiny_config, tmp_path):
     assert load_checkpoint(last)["epoch"] == 1  # the resumed run kept writing the same -last file
 
 
+@pytest.mark.slow
 def test_resume_file_records_what_an_exact_resume_needs(tiny_config, tmp_path):
     _run("SASRecMM", tiny_config(epochs=2, checkpoint_dir=str(tmp_path), **BUDGET))
     best = [path for path in glob.glob(str(tmp_path / "SASRecMM-*.pth")) if not path.endswith("-last.pth")]
@@ -57,6 +59,7 @@ def test_resume_file_records_what_an_exact_resume_needs(tiny_config, tmp_path):
     assert checkpoint["best_valid_result"] is not None and "optimizer" in checkpoint
 
 
+@pytest.mark.slow
 def test_resume_after_the_last_epoch_only_tests_again(tiny_config, tmp_path):
     first = _run("SASRecMM", tiny_config(epochs=2, checkpoint_dir=str(tmp_path), **BUDGET))
     best_file = load_checkpoint(_last_file(tmp_path))["best_model_file"]
@@ -112,6 +115,7 @@ def _best_valid_line(stdout):
     return re.search(r"^best valid: (.*)$", stdout, re.M).group(1), re.search(r"^test: +(.*)$", stdout, re.M).group(1)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_result(tiny_config, tmp_path):
     model, epochs, kill_after = "MUFASA", 3, 1
     config_file = tmp_path / "tiny.yaml"
@@ -146,6 +150,7 @@ def test_killed_training_resumes_to_the_same_result(tiny_config, tmp_path):
     assert _best_valid_line(resumed.stdout) == _best_valid_line(straight.stdout)
 
 
+@pytest.mark.slow
 def test_resume_flag_takes_model_and_dataset_from_the_checkpoint(tiny_config, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(REPO)
     import run_recbole_mm

@@ -42,6 +42,7 @@ def test_missing_feature_items_fall_back_to_id(tiny_config):
     torch.testing.assert_close(model.item_vectors(item), model.item_embedding(item))
 
 
+@pytest.mark.slow
 def test_stock_run_recbole_returns_metrics(tiny_config):
     result = run_recbole(model="SASRecMM", dataset="tiny", config_dict=tiny_config(epochs=2))
     assert 0.0 <= result["test_result"]["ndcg@10"] <= 1.0
@@ -56,6 +57,7 @@ def cold_planted(tmp_path_factory):
     return planted, data_path
 
 
+@pytest.mark.slow
 def test_sasrecmm_beats_sasrec_on_rare_items(cold_planted):
     """Next cluster is planted; content reveals a rare item's cluster, its few interactions barely do.
 

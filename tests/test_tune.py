@@ -25,6 +25,7 @@ def tiny_yaml(tiny_config, tmp_path):
     return str(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["exhaustive", "random", "bayes"])
 def test_cammsr_search_two_evals_writes_a_table(algo, tiny_yaml, tmp_path):
     params_file = os.path.join(resources.properties_dir(), "hyper", "CAMMSR.hyper")
@@ -106,6 +107,7 @@ def _hyperopt_uses_generators():
     return version >= (0, 2, 7)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _hyperopt_uses_generators(), reason="hyperopt < 0.2.7 samples with RandomState")
 def test_hyperopt_exhaustive_fix_is_needed():
     env = dict(os.environ, RECBOLE_MM_SKIP_FIXES="hyperopt_exhaustive")
@@ -113,6 +115,7 @@ def test_hyperopt_exhaustive_fix_is_needed():
     assert run.returncode != 0 and "RandomState' object has no attribute 'integers'" in run.stderr
 
 
+@pytest.mark.slow
 def test_hyperopt_exhaustive_visits_every_combination_once():
     run = subprocess.run([sys.executable, "-c", textwrap.dedent(EXHAUSTIVE)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
