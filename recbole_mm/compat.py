@@ -581,6 +581,9 @@ def quiet_known_warnings():
 # --- autograd anomaly detection -------------------------------------------------------------
 
 
+_ANOMALY = {}
+
+
 def fix_autograd_anomaly():
     """Undo the process-wide ``torch.autograd.set_detect_anomaly(True)`` that RecBole 1.2.1's
     ``model/sequential_recommender/sine.py`` runs at import (line 25), a debugging leftover that
@@ -591,9 +594,10 @@ def fix_autograd_anomaly():
     """
     import torch
 
-    was_enabled = torch.is_anomaly_enabled()
-    importlib.import_module("recbole.model.sequential_recommender.sine")
-    if was_enabled:  # the user's own choice: kept
+    if "user_choice" not in _ANOMALY:  # the state before RecBole's import, remembered across undo/apply
+        _ANOMALY["user_choice"] = torch.is_anomaly_enabled()
+        importlib.import_module("recbole.model.sequential_recommender.sine")
+    if _ANOMALY["user_choice"]:  # the user turned it on: kept
         return lambda: None
     torch.autograd.set_detect_anomaly(False)
     return lambda: torch.autograd.set_detect_anomaly(True)  # the state RecBole's import leaves

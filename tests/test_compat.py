@@ -102,9 +102,11 @@ def test_status_names_every_fix_and_its_gate(monkeypatch):
     compat.undo("autograd_anomaly")
     try:
         assert compat.status()["autograd_anomaly"] == "skipped (RECBOLE_MM_SKIP_FIXES)"
+        assert torch.is_anomaly_enabled()  # as RecBole's sine.py leaves it
     finally:
         monkeypatch.delenv("RECBOLE_MM_SKIP_FIXES")
         compat.apply()
+    assert not torch.is_anomaly_enabled()  # applied again after an undo: off again
 
 
 @pytest.mark.parametrize("fix, package, old_version", [
