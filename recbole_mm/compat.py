@@ -552,6 +552,9 @@ KNOWN_WARNINGS = (
     # pandas >= 3.1 flags RecBole's inplace=True calls; fix_pandas_fillna does the filling.
     (r"The inplace keyword in DataFrame\.\w+ is deprecated", Warning, r"recbole\."),
     (r"A value is being set on a copy", Warning, r"recbole\."),
+    # Python >= 3.12 flags invalid escapes in docstrings of RecBole's source (e.g. dien.py) when it is
+    # compiled; such warnings name the file (module = its path), not the module.
+    (r"invalid escape sequence", SyntaxWarning, r".*[\\/]recbole[\\/]"),
 )
 
 
@@ -559,8 +562,9 @@ def quiet_known_warnings():
     """Silence deprecation warnings that RecBole 1.2.1 and ray 2.6.3 raise on every run.
 
     None is actionable for a user and all would repeat in every log. Each filter names the module
-    the warning comes from (``ray.*`` or ``recbole.*``), so the same warnings from the user's own
-    code still show.
+    the warning comes from (``ray.*`` or ``recbole.*``, or a file under ``recbole/`` for warnings
+    raised while Python compiles RecBole's source), so the same warnings from the user's own code
+    still show.
     """
     added = []
     for message, category, module in KNOWN_WARNINGS:

@@ -288,12 +288,12 @@ def test_hyperopt_exhaustive_needed(without):
 
 # --- warnings ------------------------------------------------------------------------------------
 
-def _shown(message, category, module):
+def _shown(message, category, module, filename="x.py"):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         restore = compat.quiet_known_warnings()
         try:
-            warnings.warn_explicit(message, category, "x.py", 1, module=module)
+            warnings.warn_explicit(message, category, filename, 1, module=module)
         finally:
             restore()
     return [str(w.message) for w in caught]
@@ -308,7 +308,26 @@ def test_known_warnings_are_hidden_only_for_ray_and_recbole():
     assert _shown(amp, FutureWarning, "my_project.train") == [amp]
 
 
+def _escape_warnings_compiling(filename):
+    """Warnings Python raises while compiling a source with an invalid escape, as if from ``filename``."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        restore = compat.quiet_known_warnings()
+        try:
+            compile('pattern = "\\d"\n', filename, "exec")
+        finally:
+            restore()
+    return [str(w.message) for w in caught if "invalid escape sequence" in str(w.message)]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python < 3.12 raises a DeprecationWarning, hidden by default")
+def test_invalid_escape_warnings_hidden_only_while_compiling_recbole():
+    assert _escape_warnings_compiling("/venv/site-packages/recbole/model/sequential_recommender/dien.py") == []
+    assert len(_escape_warnings_compiling("/home/me/project/model.py")) == 1
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(compat.ray_missing(), reason="the warning checked comes from importing ray 2.6.3")
 def test_known_warnings_are_quiet_in_a_fresh_interpreter():
     code = "import recbole_mm\nfrom recbole.quick_start import run_recbole"
     noisy = run_python(code, "quiet_known_warnings")
