@@ -5,9 +5,6 @@ import glob
 
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, get_trainer, init_seed
 
 import recbole_mm
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
@@ -16,29 +13,24 @@ from recbole_mm.trainer import CheckpointMismatchError, NonFiniteLossError
 PLUGIN_MODELS = ["SASRecMM", "MUFASA", "DMAE", "CAMMSR"]
 
 
-def build(model_name, config_dict, dataset="tiny"):
-    """Config, dataloaders, model and trainer as RecBole's run_recbole builds them."""
-    config = Config(model=model_name, dataset=dataset, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, data)
-    model = get_model(model_name)(config, train_data._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-    return trainer, train_data, valid_data
+def trainer_and_data(build, model_name, config_dict, dataset="tiny"):
+    """The plugin's trainer for ``model_name``, with the train and valid loaders (shared builder)."""
+    run = build(model_name, config_dict, dataset, trainer=True)
+    return run.trainer, run.train, run.valid
 
 
 # ----- NaN / Inf loss ------------------------------------------------------------------------------
 
-def test_nan_in_one_loss_term_is_named(tiny_config):
+def test_nan_in_one_loss_term_is_named(tiny_config, build):
     """CAMMSR with cl_temperature 0: only the modality-swap InfoNCE term (third) divides by zero."""
-    trainer, train_data, valid_data = build("CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
+    trainer, train_data, valid_data = trainer_and_data(build, "CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
     with pytest.raises(NonFiniteLossError, match=r"'swap CL', term 3 of 3 \(train_loss3 in the log\) of CAMMSR.calculate_loss, epoch 0, batch 0") as error:
         trainer.fit(train_data, valid_data, saved=False)
     assert isinstance(error.value, ValueError)  # what RecBole's own check raises, so callers still catch it
 
 
-def test_loss_names_of_the_model_are_used(tiny_config):
-    trainer, train_data, valid_data = build("CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
+def test_loss_names_of_the_model_are_used(tiny_config, build):
+    trainer, train_data, valid_data = trainer_and_data(build, "CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
     trainer.model.loss_names = ("next-item CE", "category", "modality swap")
     with pytest.raises(NonFiniteLossError, match=r"Training loss is (nan|inf): 'modality swap', term 3 of 3"):
         trainer.fit(train_data, valid_data, saved=False)
@@ -50,15 +42,15 @@ def test_loss_names_of_the_model_are_used(tiny_config):
     ("DMAE", dict(dmae_mode="rerank", dmae_dist_weight=0.1)),
     ("CAMMSR", dict(cat_weight=0.0, cl_weight=0.1)),
 ])
-def test_model_loss_names_match_the_terms(tiny_config, model_name, switches):
-    trainer, train_data, _ = build(model_name, tiny_config(**switches))
+def test_model_loss_names_match_the_terms(tiny_config, model_name, switches, build):
+    trainer, train_data, _ = trainer_and_data(build, model_name, tiny_config(**switches))
     terms = trainer.model.calculate_loss(next(iter(train_data)))
     names = trainer.model.loss_names()
     assert len(names) == (len(terms) if isinstance(terms, tuple) else 1) and len(set(names)) == len(names), names
 
 
-def test_inf_single_loss_is_reported(tiny_config, monkeypatch):
-    trainer, train_data, valid_data = build("SASRecMM", tiny_config())
+def test_inf_single_loss_is_reported(tiny_config, monkeypatch, build):
+    trainer, train_data, valid_data = trainer_and_data(build, "SASRecMM", tiny_config())
     calls = {"n": 0}
     real_loss = trainer.model.calculate_loss
 
@@ -72,11 +64,11 @@ def test_inf_single_loss_is_reported(tiny_config, monkeypatch):
         trainer.fit(train_data, valid_data, saved=False)
 
 
-def test_recbole_alone_only_says_nan(tiny_config):
+def test_recbole_alone_only_says_nan(tiny_config, build):
     """The baseline the plugin trainer improves on: RecBole's Trainer names no term (and misses Inf)."""
     from recbole.trainer import Trainer
 
-    trainer, train_data, valid_data = build("CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
+    trainer, train_data, valid_data = trainer_and_data(build, "CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
     plain = Trainer(trainer.config, trainer.model)
     with pytest.raises(ValueError, match="^Training loss is nan$"):
         plain.fit(train_data, valid_data, saved=False)
@@ -84,8 +76,8 @@ def test_recbole_alone_only_says_nan(tiny_config):
 
 # ----- out-of-range item ids and over-long histories ---------------------------------------------
 
-def _first_batch(model_name, tiny_config, max_len):
-    trainer, train_data, _ = build(model_name, tiny_config(MAX_ITEM_LIST_LENGTH=max_len))
+def _first_batch(build, model_name, tiny_config, max_len):
+    trainer, train_data, _ = trainer_and_data(build, model_name, tiny_config(MAX_ITEM_LIST_LENGTH=max_len))
     return trainer.model, next(iter(train_data)), train_data
 
 
@@ -97,11 +89,11 @@ def _with_sequence(batch, item_seq):
 
 
 @pytest.mark.parametrize("model_name", PLUGIN_MODELS)
-def test_histories_are_cut_to_max_item_list_length_as_for_sasrec(model_name, tiny_config):
+def test_histories_are_cut_to_max_item_list_length_as_for_sasrec(model_name, tiny_config, build):
     """Users have 6..10 items; with MAX_ITEM_LIST_LENGTH 4 RecBole keeps the last 4 for SASRec and
     the plugin dataset does the same (same training sequences, same lengths)."""
-    _, _, sasrec_data = _first_batch("SASRec", tiny_config, 4)
-    _, _, plugin_data = _first_batch(model_name, tiny_config, 4)
+    _, _, sasrec_data = _first_batch(build, "SASRec", tiny_config, 4)
+    _, _, plugin_data = _first_batch(build, model_name, tiny_config, 4)
     sasrec_inter, plugin_inter = sasrec_data._dataset.inter_feat, plugin_data._dataset.inter_feat
     assert plugin_inter["item_id_list"].shape[1] == 4
     assert int(plugin_inter["item_length"].max()) == 4
@@ -111,11 +103,11 @@ def test_histories_are_cut_to_max_item_list_length_as_for_sasrec(model_name, tin
 
 @pytest.mark.parametrize("model_name", PLUGIN_MODELS)
 @pytest.mark.parametrize("fault", ["item id past the catalogue", "sequence longer than MAX_ITEM_LIST_LENGTH"])
-def test_bad_batches_raise_index_error_like_sasrec(model_name, fault, tiny_config):
+def test_bad_batches_raise_index_error_like_sasrec(model_name, fault, tiny_config, build):
     """RecBole's dataset never produces such batches; a hand-made one fails in SASRec with an
     IndexError (embedding / position lookup), and in the plugin models with an IndexError too."""
     for name in ("SASRec", model_name):
-        model, batch, train_data = _first_batch(name, tiny_config, 6)
+        model, batch, train_data = _first_batch(build, name, tiny_config, 6)
         item_seq = batch["item_id_list"]
         if fault.startswith("item id"):
             bad = item_seq.clone()
@@ -147,22 +139,22 @@ def test_resuming_another_models_checkpoint_is_refused(saved_sasrecmm, tiny_conf
         recbole_mm.run_recbole_mm(model="MUFASA", dataset="tiny", config_dict=tiny_config(resume_file=path))
 
 
-def test_evaluating_another_datasets_checkpoint_is_refused(saved_sasrecmm):
+def test_evaluating_another_datasets_checkpoint_is_refused(saved_sasrecmm, build):
     path, _, other, data_path = saved_sasrecmm
-    trainer, _, valid_data = build("SASRecMM", planted_config(other, data_path, MAX_ITEM_LIST_LENGTH=10), dataset="other")
+    trainer, _, valid_data = trainer_and_data(build, "SASRecMM", planted_config(other, data_path, MAX_ITEM_LIST_LENGTH=10), dataset="other")
     with pytest.raises(CheckpointMismatchError, match=r"saved by SASRecMM on dataset 'tiny', but this run is SASRecMM on dataset 'other'"):
         trainer.evaluate(valid_data, model_file=path)
 
 
-def test_same_names_but_other_shapes_are_refused(saved_sasrecmm, tiny_config):
+def test_same_names_but_other_shapes_are_refused(saved_sasrecmm, tiny_config, build):
     path, *_ = saved_sasrecmm
-    trainer, _, _ = build("SASRecMM", tiny_config(hidden_size=32, inner_size=64))
+    trainer, _, _ = trainer_and_data(build, "SASRecMM", tiny_config(hidden_size=32, inner_size=64))
     with pytest.raises(CheckpointMismatchError, match=r"does not fit this model: .*\(64,\) in the checkpoint, \(32,\) here"):
         trainer.resume_checkpoint(path)
 
 
-def test_a_file_that_is_no_checkpoint_is_refused(tmp_path, tiny_config):
-    trainer, _, _ = build("SASRecMM", tiny_config())
+def test_a_file_that_is_no_checkpoint_is_refused(tmp_path, tiny_config, build):
+    trainer, _, _ = trainer_and_data(build, "SASRecMM", tiny_config())
     junk = tmp_path / "junk.pth"
     torch.save({"weights": torch.zeros(2)}, junk)
     with pytest.raises(CheckpointMismatchError, match="is not a RecBole checkpoint"):
@@ -174,9 +166,9 @@ def test_a_file_that_is_no_checkpoint_is_refused(tmp_path, tiny_config):
 # ----- loss type -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("model_name", ["SASRecMM", "MUFASA", "CAMMSR"])
-def test_bpr_loss_trains_with_sampled_negatives(tiny_config, model_name):
+def test_bpr_loss_trains_with_sampled_negatives(tiny_config, model_name, build):
     """BPR against RecBole's sampled negative: finite loss with gradient into the item side."""
-    trainer, train_data, _ = build(model_name, tiny_config(loss_type="BPR", train_neg_sample_args={"distribution": "uniform", "sample_num": 1}))
+    trainer, train_data, _ = trainer_and_data(build, model_name, tiny_config(loss_type="BPR", train_neg_sample_args={"distribution": "uniform", "sample_num": 1}))
     losses = trainer.model.calculate_loss(next(iter(train_data)))
     main = losses[0] if isinstance(losses, tuple) else losses
     assert torch.isfinite(main) and main > 0
@@ -184,6 +176,6 @@ def test_bpr_loss_trains_with_sampled_negatives(tiny_config, model_name):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.parameters())
 
 
-def test_unknown_loss_type_is_refused_when_the_model_is_built(tiny_config):
+def test_unknown_loss_type_is_refused_when_the_model_is_built(tiny_config, build):
     with pytest.raises(ValueError, match=r"CAMMSR: loss_type must be one of \('CE', 'BPR'\), got 'MSE'"):
-        build("CAMMSR", tiny_config(loss_type="MSE"))
+        trainer_and_data(build, "CAMMSR", tiny_config(loss_type="MSE"))

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
+from recbole.data import create_dataset
 from recbole.quick_start import run_recbole
-from recbole.utils import get_model, init_seed
 
-from conftest import TINY
+from conftest import TINY, build_run
 from recbole_mm.feature_files import feature_paths, read_ids, write_features
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
 
@@ -52,20 +51,15 @@ def _config_dict(data_path, model, **overrides):
     return planted_config(modalities, data_path, **base)
 
 
-def _config(data_path, model, dataset="holey", **overrides):
-    return Config(model=model, dataset=dataset, config_dict=_config_dict(data_path, model, **overrides))
+def _spec(data_path, model, dataset="holey", **overrides):
+    """What the shared builder (and RecBole's Config) takes: model, dataset and config_dict."""
+    return dict(model=model, dataset=dataset, config_dict=_config_dict(data_path, model, **overrides))
 
 
-def _build(config, change=None):
+def _build(spec, change=None):
     """Dataset splits and a model with seeded parameters; ``change(dataset)`` edits the aligned features first."""
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, _, test = data_preparation(config, dataset)
-    if change is not None:
-        change(train._dataset)
-    init_seed(config["seed"], True)
-    model = get_model(config["model"])(config, train._dataset)
-    return model, train, test, dataset
+    run = build_run(**spec, change=change)
+    return run.model, run.train, run.test, run.dataset
 
 
 def _internal(dataset, token):
@@ -94,7 +88,7 @@ def _outputs(model, train, test):
 @pytest.mark.parametrize("policy", ["zero", "mean"])
 @pytest.mark.parametrize("model_name", MODELS)
 def test_policies_train_and_score_finitely(data, model_name, policy):
-    model, train, test, dataset = _build(_config(data, model_name, missing_feature=policy))
+    model, train, test, dataset = _build(_spec(data, model_name, missing_feature=policy))
     for modality, tokens in MISSING.items():
         matrix, mask = getattr(model, f"feature_{modality}"), getattr(model, f"feature_mask_{modality}")
         ids = [_internal(dataset, token) for token in tokens]
@@ -114,14 +108,14 @@ def test_policies_train_and_score_finitely(data, model_name, policy):
 @pytest.mark.parametrize("model_name", MODELS)
 def test_error_policy_names_the_missing_items(data, model_name):
     with pytest.raises(ValueError, match=r"holey\.text\.npy: 2 dataset items have no row, e\.g\. tokens \[.*\] \(missing_feature: error\)") as error:
-        create_dataset(_config(data, model_name, missing_feature="error"))
+        create_dataset(Config(**_spec(data, model_name, missing_feature="error")))
     assert sorted(eval_tokens(str(error.value))) == MISSING["text"]
 
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_masked_rows_take_the_missing_path(data, model_name):
     """Under ``zero``, what is stored in a masked row changes nothing; an unmasked row does (control)."""
-    config = _config(data, model_name)
+    config = _spec(data, model_name)
     reference = _outputs(*_build(config)[:3])
 
     def overwrite(tokens_by_modality):
@@ -143,10 +137,10 @@ def test_masked_rows_take_the_missing_path(data, model_name):
 @pytest.mark.parametrize("model_name", MODELS)
 def test_float16_feature_files(data, model_name):
     """float16 files load as float32 buffers and give the scores of the same values stored as float32."""
-    half_model, train, test, _ = _build(_config(data, model_name, dataset="half"))
+    half_model, train, test, _ = _build(_spec(data, model_name, dataset="half"))
     assert all(getattr(half_model, f"feature_{m}").dtype == torch.float32 for m in half_model.modalities)
     half = _outputs(half_model, train, test)
-    upcast = _outputs(*_build(_config(data, model_name, dataset="halfup"))[:3])
+    upcast = _outputs(*_build(_spec(data, model_name, dataset="halfup"))[:3])
     assert torch.isfinite(half[1][:, 1:]).all()
     torch.testing.assert_close(half[1], upcast[1])
 

@@ -3,20 +3,18 @@
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
 from recbole.quick_start import run_recbole
 
+from conftest import build_run
 from planted_eval import assert_full_sort_chunk_invariant, recall_at, target_ranks, train_on_planted
 from recbole_mm.data.synthetic import planted_config, write_planted_dataset
 from recbole_mm.model.sasrecmm import SASRecMM
 
 
 def _model(tiny_config, **overrides):
-    config = Config(model="SASRecMM", dataset="tiny", config_dict=tiny_config(**overrides))
-    dataset = create_dataset(config)
-    train, _, test = data_preparation(config, dataset)
-    return SASRecMM(config, train._dataset), train, test
+    run = build_run("SASRecMM", tiny_config(**overrides))
+    assert isinstance(run.model, SASRecMM)
+    return run.model, run.train, run.test
 
 
 def test_full_sort_is_chunk_invariant_and_matches_predict(tiny_config):
