@@ -126,6 +126,9 @@ RAY_MISSING_MESSAGE = (
 
 
 def ray_missing():
+    """True when ``ray.tune`` cannot be imported (or what is imported is this module's stand-in)."""
+    if getattr(sys.modules.get("ray"), "_recbole_mm_stand_in", False):
+        return True
     try:
         importlib.import_module("ray.tune")
     except ImportError:
@@ -164,6 +167,7 @@ def fix_ray_stand_in():
     ray = types.ModuleType("ray")
     ray.__doc__ = RAY_MISSING_MESSAGE
     ray.__path__ = []
+    ray._recbole_mm_stand_in = True
     ray.tune = _RayTuneStandIn("ray.tune", RAY_MISSING_MESSAGE)
 
     def restore():

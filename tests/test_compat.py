@@ -327,7 +327,7 @@ def test_invalid_escape_warnings_hidden_only_while_compiling_recbole():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(compat.ray_missing(), reason="the warning checked comes from importing ray 2.6.3")
+@pytest.mark.skipif(compat.version_of("ray") is None, reason="the warning checked comes from importing ray 2.6.3")
 def test_known_warnings_are_quiet_in_a_fresh_interpreter():
     code = "import recbole_mm\nfrom recbole.quick_start import run_recbole"
     noisy = run_python(code, "quiet_known_warnings")
