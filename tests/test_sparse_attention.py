@@ -345,3 +345,30 @@ def test_encoder_shares_one_plan_and_matches_layer_by_layer(branches):
 def test_bad_arguments_are_rejected(kwargs):
     with pytest.raises(ValueError):
         SparseAttentionAlignment(D, H, **kwargs)
+
+
+# ----- the scaling benchmark's FLOP floor and in-process mode ----------------------------------------
+
+
+def test_flop_floor_by_hand_and_its_trend():
+    """L=4, w=2, l=2, n=2, d=1: SAL needs 2+5+4+6 key visits (window + complete blocks + own block, no
+    candidate outside the window yet) against dense causal 1+2+3+4; projections 14 vs 8 per token."""
+    from recbole_mm.bench.attention import flop_floor
+
+    core, total = flop_floor(4, 1, 1, 2, 2, 2)
+    assert core == pytest.approx(17 / 10)
+    sparse_proj = 4 * (2 * (6 + 3) + 4 / 2 + 2)  # q, 3 key/value pairs (block pair pooled), out, gates, pooling
+    assert total == pytest.approx((4 * 17 + sparse_proj) / (4 * 10 + 8 * 4))
+    floors = [flop_floor(n, 64, 2, 32, 16, 4)[1] for n in (512, 1024, 2048, 4096)]
+    assert floors == sorted(floors, reverse=True) and floors[-1] < 0.25
+
+
+def test_interleaved_scaling_table_has_time_ratios_and_floors(capsys):
+    from recbole_mm.bench import attention
+
+    attention.main(["--interleave", "--lengths", "16", "--batch", "2", "--hidden", "8", "--window", "4", "--block", "4",
+                    "--top", "2", "--repeats", "1", "--threads", "1", "--impls", "sdpa,sal"])
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("| L "))
+    assert "SAL/sdpa time" in header and "floor" in header and "MB" not in header  # no memory in one process
+    assert "interleaved in one process" in out

@@ -60,6 +60,9 @@ def parse_args(argv=None):
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
     parser.add_argument("--out", help="also write the report to <out>/attention.md (where python -m recbole_mm.bench "
                                           "looks for it: results/attention/)")
+    parser.add_argument("--interleave", action="store_true", help="time every implementation in this one process, "
+                                                                    "interleaved (ratios hold under shared load; no memory figures)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout of every implementation (train mode)")
     parser.add_argument("--train-step", action="store_true", help="time whole training steps of SASRec, SASRecMM and "
                                                                      "MUFASA in one process instead")
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "LENGTH"), help=argparse.SUPPRESS)
@@ -91,7 +94,7 @@ def build_step(impl, length, args):
     if impl == "recbole":
         from recbole.model.layers import MultiHeadAttention
 
-        module = MultiHeadAttention(args.heads, args.hidden, 0.0, 0.0, 1e-12)
+        module = MultiHeadAttention(args.heads, args.hidden, 0.0, args.dropout, 1e-12)
 
         def forward():
             mask = (item_seq != 0).unsqueeze(1).unsqueeze(2)  # get_attention_mask, unidirectional
@@ -100,13 +103,13 @@ def build_step(impl, length, args):
             return module(x, mask)
 
     elif impl == "sdpa":
-        module = SparseAttentionAlignment(args.hidden, args.heads, attention="dense")
+        module = SparseAttentionAlignment(args.hidden, args.heads, attn_dropout=args.dropout, attention="dense")
 
         def forward():
             return module(x)
 
     elif impl == "sal":
-        module = SparseAttentionAlignment(args.hidden, args.heads, args.window, args.block, args.top)
+        module = SparseAttentionAlignment(args.hidden, args.heads, args.window, args.block, args.top, attn_dropout=args.dropout)
 
         def forward():
             return module(x, item_seq != 0)
@@ -263,6 +266,24 @@ def train_step_report(results, lengths, args) -> str:
 # ----- driver --------------------------------------------------------------------------------------
 
 
+def measure_interleaved(impls, length, args):
+    """``{impl: {"ms": median}}``: every implementation's steps alternate in this process."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    steps = {impl: build_step(impl, length, args) for impl in impls}
+    torch.autograd.set_detect_anomaly(False)
+    times = {impl: [] for impl in impls}
+    for repeat in range(args.repeats + 1):  # the first round warms up
+        for impl, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if repeat:
+                times[impl].append((time.perf_counter() - start) * 1000)
+    return {impl: {"ms": statistics.median(t), "threads": torch.get_num_threads()} for impl, t in times.items()}
+
+
 def run_worker(impl, length, argv):
     """Measure in a fresh interpreter so peaks and allocator state do not leak between configurations."""
     command = [sys.executable, "-m", "recbole_mm.bench.attention", *argv, "--worker", impl, str(length)]
@@ -283,17 +304,18 @@ def fmt(result, key, spec):
 
 def table(results, lengths, impls, args):
     """Markdown table: ms and peak MB per implementation, SAL/recbole and SAL/sdpa ratios."""
-    header = ["L"] + [f"{i} ms" for i in impls] + [f"{i} MB" for i in impls]
+    memory = any("peak_mb" in result for result in results.values())
+    header = ["L"] + [f"{i} ms" for i in impls] + ([f"{i} MB" for i in impls] if memory else [])
     comparisons = [b for b in ("recbole", "sdpa") if b in impls and "sal" in impls]
-    header += [f"SAL/{b} time" for b in comparisons] + [f"SAL/{b} mem" for b in comparisons]
+    header += [f"SAL/{b} time" for b in comparisons] + ([f"SAL/{b} mem" for b in comparisons] if memory else [])
     header += ["floor", "core floor"] + (["SAL/sdpa time / floor"] if "sdpa" in comparisons else [])
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for length in lengths:
         got = {i: results[(i, length)] for i in impls}
-        cells = [str(length)] + [fmt(got[i], "ms", ".1f") for i in impls] + [fmt(got[i], "peak_mb", ".1f") for i in impls]
+        cells = [str(length)] + [fmt(got[i], "ms", ".1f") for i in impls] + ([fmt(got[i], "peak_mb", ".1f") for i in impls] if memory else [])
         sal = got.get("sal", {})
         cells += [f"{ratio(sal.get('ms'), got[b].get('ms')):.3f}" for b in comparisons]
-        cells += [f"{ratio(sal.get('peak_mb'), got[b].get('peak_mb')):.3f}" for b in comparisons]
+        cells += [f"{ratio(sal.get('peak_mb'), got[b].get('peak_mb')):.3f}" for b in comparisons] if memory else []
         core, total = flop_floor(length, args.hidden, args.heads, args.window, args.block, args.top)
         cells += [f"{total:.3f}", f"{core:.3f}"]
         if "sdpa" in comparisons:
@@ -311,15 +333,25 @@ def crossover(results, lengths, baseline):
     return None
 
 
-def targets(results):
+FLOOR_TARGET = (1.2, (2048, 4096))  # SAL/sdpa time at most this multiple of the FLOP floor at these lengths
+
+
+def targets(results, args=None):
     lines = []
+    factor, floor_lengths = FLOOR_TARGET
+    for length in floor_lengths:
+        if args is None or ("sal", length) not in results or ("sdpa", length) not in results:
+            continue
+        _, floor = flop_floor(length, args.hidden, args.heads, args.window, args.block, args.top)
+        got = ratio(results[("sal", length)].get("ms"), results[("sdpa", length)].get("ms")) / floor
+        lines.append(f"- SAL/sdpa time at L={length}: {got:.2f}x its FLOP floor (target <= {factor}x) {'ok' if got <= factor else 'MISSED'}")
     for (baseline, length), (max_time, max_mem) in TARGETS.items():
         if ("sal", length) not in results or (baseline, length) not in results:
             continue
         sal, base = results[("sal", length)], results[(baseline, length)]
         time_ratio, mem_ratio = ratio(sal.get("ms"), base.get("ms")), ratio(sal.get("peak_mb"), base.get("peak_mb"))
         check = f"time {time_ratio:.3f} (target <= {max_time}) {'ok' if time_ratio <= max_time else 'MISSED'}"
-        if max_mem is not None:
+        if max_mem is not None and "peak_mb" in sal:
             check += f", memory {mem_ratio:.3f} (target <= {max_mem}) {'ok' if mem_ratio <= max_mem else 'MISSED'}"
         lines.append(f"- SAL vs {baseline} at L={length}: {check}")
     return "\n".join(lines)
@@ -340,6 +372,11 @@ def main(argv=None):
     impls = [i for i in IMPLS if i in args.impls.split(",")]
     results = {}
     for length in lengths:
+        if args.interleave:
+            for impl, result in measure_interleaved(impls, length, args).items():
+                results[(impl, length)] = result
+            print(f"# L={length}: " + ", ".join(f"{i} {results[(i, length)]['ms']:.1f} ms" for i in impls), file=sys.stderr, flush=True)
+            continue
         for impl in impls:
             results[(impl, length)] = run_worker(impl, length, argv)
             print(f"# L={length} {impl}: {results[(impl, length)]}", file=sys.stderr, flush=True)
@@ -354,13 +391,15 @@ def main(argv=None):
 def scaling_report(results, lengths, impls, args) -> str:
     """The settings line, the table, the crossover lengths and the targets, as markdown."""
     threads = next((r["threads"] for r in results.values() if "threads" in r), "?")
+    how = ("all implementations interleaved in one process (no memory figures)" if args.interleave
+           else "each (implementation, length) in its own process; MB = peak extra resident memory (VmHWM - VmRSS)")
     parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
-             f"block {args.block}, top {args.top}, {threads} CPU threads, median of {args.repeats}; "
-             f"MB = peak extra resident memory (VmHWM - VmRSS)", table(results, lengths, impls, args)]
+             f"block {args.block}, top {args.top}, attention dropout {args.dropout}, {threads} CPU threads, "
+             f"median of {args.repeats}; {how}", table(results, lengths, impls, args)]
     for baseline in ("recbole", "sdpa"):
         if baseline in impls and "sal" in impls:
             parts.append(f"SAL faster than {baseline} from L = {crossover(results, lengths, baseline)} (of {lengths})")
-    parts.append(targets(results))
+    parts.append(targets(results, args))
     return "\n\n".join(parts)
 
 

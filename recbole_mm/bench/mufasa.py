@@ -52,6 +52,7 @@ LONG_RANGE_VARIANTS = {  # label: (model, overrides)
     "SASRec": ("SASRec", {}),
     "MUFASA": ("MUFASA", {}),
     "MUFASA window-only": ("MUFASA", {"sal_branches": ["window"]}),
+    "MUFASA w/o select": ("MUFASA", {"sal_branches": ["window", "block"]}),
 }
 
 
@@ -62,11 +63,13 @@ def long_range_args(argv):
     parser.add_argument("--length", type=int, default=512, help="history length L (the key sits in its first --lead items)")
     parser.add_argument("--lead", type=int, default=8, help="the key is at one of positions 0..lead")
     parser.add_argument("--keys", type=int, default=16, help="keys (and answers): chance is 1/keys")
+    parser.add_argument("--key-run", type=int, default=16, help="the key repeated this many times in a row (an interest block)")
     parser.add_argument("--noise", type=int, default=200, help="filler items")
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--dropout", type=float, default=0.0, help="hidden and attention dropout of every model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--variants", default=",".join(LONG_RANGE_VARIANTS))
@@ -101,7 +104,7 @@ def long_range(argv) -> str:
             name, overrides = LONG_RANGE_VARIANTS[label]
             config = Config(model=name, dataset="longrange", config_dict=long_range_config(
                 planted, workdir, MAX_ITEM_LIST_LENGTH=args.length, hidden_size=args.hidden, inner_size=2 * args.hidden,
-                hidden_dropout_prob=0.1, attn_dropout_prob=0.1, **overrides))
+                hidden_dropout_prob=args.dropout, attn_dropout_prob=args.dropout, **overrides))
             init_seed(args.seed, True)
             dataset = create_dataset(config)
             model = get_model(name)(config, dataset)
@@ -111,7 +114,8 @@ def long_range(argv) -> str:
             lengths = torch.full((args.batch,), args.length)
             step_ms = []
             for step in range(args.steps):
-                seq, target = recall_examples(args.keys, args.noise, args.length, args.batch, args.lead, seed=args.seed * 100003 + step)
+                seq, target = recall_examples(args.keys, args.noise, args.length, args.batch, args.lead,
+                                             seed=args.seed * 100003 + step, key_run=args.key_run)
                 batch = Interaction({model.ITEM_SEQ: to_ids(seq), model.ITEM_SEQ_LEN: lengths, model.POS_ITEM_ID: to_ids(target)})
                 start = time.perf_counter()
                 model.train()
@@ -120,7 +124,7 @@ def long_range(argv) -> str:
                 (loss if torch.is_tensor(loss) else sum(loss)).backward()
                 optimizer.step()
                 step_ms.append((time.perf_counter() - start) * 1000)
-            seq, target = recall_examples(args.keys, args.noise, args.length, 256, args.lead, seed=10**6 + args.seed)
+            seq, target = recall_examples(args.keys, args.noise, args.length, 256, args.lead, seed=10**6 + args.seed, key_run=args.key_run)
             model.eval()
             with torch.no_grad():
                 scores = model.full_sort_predict(Interaction({model.ITEM_SEQ: to_ids(seq), model.ITEM_SEQ_LEN: torch.full((256,), args.length)}))
@@ -129,8 +133,8 @@ def long_range(argv) -> str:
             print(f"# {label}: accuracy {accuracy:.3f}", file=sys.stderr, flush=True)
     table = ["| variant | test accuracy | ms / step |", "|---|---|---|"]
     table += [f"| {label} | {accuracy:.3f} | {ms:.0f} |" for label, accuracy, ms in rows]
-    settings = (f"L {args.length}, key in the first {args.lead + 1} positions, {args.keys} keys (chance {1 / args.keys:.3f}), "
-                f"{args.noise} filler items, {args.steps} Adam steps of {args.batch} (lr {args.lr}), hidden {args.hidden}, "
+    settings = (f"L {args.length}, a run of {args.key_run} key items starting in the first {args.lead + 1} positions, {args.keys} keys (chance {1 / args.keys:.3f}), "
+                f"{args.noise} filler items, {args.steps} Adam steps of {args.batch} (lr {args.lr}), hidden {args.hidden}, dropout {args.dropout}, "
                 f"seed {args.seed}, {args.threads} thread(s), window 32, block 16, top 4")
     return "\n".join(table) + f"\n\nSettings: {settings}."
 

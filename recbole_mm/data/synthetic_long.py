@@ -61,9 +61,11 @@ def _history(rng, items: LongRangeItems, episodes: int, gap: Tuple[int, int]):
     return history
 
 
-def recall_examples(n_keys: int, n_noise: int, length: int, n_examples: int, max_lead: int = 0, seed: int = 0):
-    """Single-episode prefixes ``[noise x r, key, noise x gap, cue]`` (``length`` items, ``r <= max_lead``)
-    and their targets ``answer(key)``, as item indices (token = index + 1) ``[n, length]`` and ``[n]``.
+def recall_examples(n_keys: int, n_noise: int, length: int, n_examples: int, max_lead: int = 0, seed: int = 0,
+                    key_run: int = 1):
+    """Single-episode prefixes ``[noise x r, key x key_run, noise x gap, cue]`` (``length`` items,
+    ``r <= max_lead``) and their targets ``answer(key)``, as item indices (token = index + 1) ``[n, length]``
+    and ``[n]``. ``key_run > 1`` makes the key an interest *block* of repeated items rather than one item.
 
     For training a model on the recall step alone (every example informative), e.g. in tests.
     """
@@ -72,7 +74,8 @@ def recall_examples(n_keys: int, n_noise: int, length: int, n_examples: int, max
     prefixes = rng.choice(items.noise, size=(n_examples, length))
     keys = rng.integers(n_keys, size=n_examples)
     lead = rng.integers(max_lead + 1, size=n_examples)
-    prefixes[np.arange(n_examples), lead] = items.keys[keys]
+    for offset in range(key_run):
+        prefixes[np.arange(n_examples), lead + offset] = items.keys[keys]
     prefixes[:, -1] = items.cue
     return prefixes, items.answers[keys]
 

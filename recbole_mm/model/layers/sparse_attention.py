@@ -443,7 +443,7 @@ class SparseAttentionAlignment(nn.Module):
 
     def _window(self, plan: SparsePlan, q, key, value):
         """Keys in ``(t - w, t]``: each query block against the ``w + l`` items ending with it."""
-        layout, d = plan.layout, self.hidden_size
+        layout = plan.layout
         batch, nq, size = layout.batch, layout.n_blocks, layout.size
         if layout.dense_window:  # the window is the whole causal row: one SDPA call per row
             q_rows, k, v = (self._split_heads(x).view(batch, layout.padded, self.n_heads, -1).transpose(1, 2)
@@ -515,7 +515,7 @@ class SparseAttentionAlignment(nn.Module):
         rather than biasing scores keeps the attention on SDPA's fused kernel, which has no
         gradient for a mask.
         """
-        layout, d = plan.layout, self.hidden_size
+        layout = plan.layout
         batch, nq, size = layout.batch, layout.n_blocks, layout.size
         slots, slot_ok, bias = self._choose(plan, importance)
         n_slots = slots.shape[-1]
