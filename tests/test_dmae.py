@@ -459,3 +459,30 @@ def test_self_pair_remap_moves_history_items_out_of_the_identity_cell(tiny_confi
     assert (identity == identity[0]).all() and not (after[rows, positions, items] == identity[0]).all()
     torch.testing.assert_close(similarity[rows, positions, items], nearest[items])
     assert (nearest[1:] < 1).all() and torch.equal(restored, before)
+
+
+def test_history_check_scores_every_variant_and_restores_the_model(tiny_config):
+    from recbole.utils import get_trainer
+
+    from recbole_mm.bench.dmae import history_check, history_table
+
+    config = Config(model="DMAE", dataset="tiny", config_dict=tiny_config())
+    init_seed(config["seed"], True)
+    train, _, test_data = data_preparation(config, create_dataset(config))
+    model = DMAE(config, train._dataset)
+    _perturb(model)
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.tot_item_num = test_data._dataset.item_num
+    batch = next(iter(test_data))[0]
+    model.eval()
+    with torch.no_grad():
+        before = model.full_sort_predict(batch)
+    results = history_check(trainer, test_data, shortlists=(5,))
+    assert list(results) == ["as trained", "self-pairs remapped", "backbone alone", "shortlist 5"]
+    for row in results.values():
+        assert 0 <= row["full_ndcg@10"] <= 1 and 0 <= row["excl_ndcg@10"] <= 1 and 0 <= row["history_in_top10"] <= 10
+    assert results["backbone alone"] != results["as trained"]
+    assert "| self-pairs remapped |" in history_table(results)
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(batch), before)
+    assert model.similarity.self_similarity is None and model.shortlist == config["dmae_shortlist"]
