@@ -53,7 +53,8 @@ def test_stock_run_recbole_completes(tiny_config, mode):
 
 
 @pytest.mark.parametrize(
-    "overrides", [{}, {"dmae_sim_cache_mb": 0}, {"dmae_shortlist": 9, "dmae_sim_cache_mb": 0}, {"dmae_shortlist": 9}, RERANK],
+    "overrides",
+    [{"dmae_shortlist": 0}, {"dmae_shortlist": 0, "dmae_sim_cache_mb": 0}, {"dmae_shortlist": 9, "dmae_sim_cache_mb": 0}, {"dmae_shortlist": 9}, RERANK],
     ids=["lite-cached", "lite-direct", "shortlist-direct", "shortlist-cached", "rerank"],
 )
 def test_full_sort_chunked_equals_unchunked_equals_predict(tiny_config, overrides):
@@ -99,7 +100,7 @@ class _LargestTensor(TorchDispatchMode):
 
 
 def test_lite_full_sort_never_builds_a_per_candidate_behaviour_vector_tensor(tiny_config):
-    model, _, test = _model(tiny_config, dmae_chunk_size=0)
+    model, _, test = _model(tiny_config, dmae_chunk_size=0, dmae_shortlist=0)
     model.eval()
     with torch.no_grad(), _LargestTensor() as probe:
         model.full_sort_predict(test)
