@@ -116,6 +116,12 @@ def test_id_only_ablation_has_no_fusion_and_no_aux_losses(tiny_config):
     assert torch.is_tensor(model.calculate_loss(_batch(model)))
 
 
+@pytest.mark.parametrize("key,value", [("attn_dropout_type", "weights"), ("dist_type", "cauchy"), ("col_weight", -0.1)])
+def test_bad_config_values_are_rejected(tiny_config, key, value):
+    with pytest.raises(ValueError, match=key):
+        _model(tiny_config(**{key: value}))
+
+
 def test_losses_are_off_by_default(tiny_config):
     model, _ = _model(tiny_config())
     assert model.active_losses() == [] and torch.is_tensor(model.calculate_loss(_batch(model)))

@@ -12,7 +12,7 @@ from torch import nn
 
 from recbole_mm.model.abstract import MultimodalSequentialRecommender
 from recbole_mm.model.layers import mfl
-from recbole_mm.model.layers.sparse_attention import SparseTransformerEncoder
+from recbole_mm.model.layers.sparse_attention import DROPOUT_TYPES, SparseTransformerEncoder
 
 LOSS_NAMES = ("cga", "col", "sim", "dist")  # order of the auxiliary terms in calculate_loss
 
@@ -70,6 +70,8 @@ class MUFASA(MultimodalSequentialRecommender):
         self.col_detach_id = config["col_detach_id"]
         self.dist_type = config["dist_type"]
 
+        if self.attn_dropout_type not in DROPOUT_TYPES:
+            raise ValueError(f"attn_dropout_type must be one of {DROPOUT_TYPES}, got {self.attn_dropout_type!r}")
         if self.dist_type not in mfl.DISTRIBUTION_LOSSES:
             raise ValueError(f"dist_type must be one of {sorted(mfl.DISTRIBUTION_LOSSES)}, got {self.dist_type!r}")
         for name, weight in self.loss_weights.items():

@@ -18,7 +18,7 @@ projection (NSA keeps them separate so a branch cannot take shortcuts through an
 ``o_t = sum_b g_t^b * o_t^b`` with ``g_t = sigmoid(W x_t + b)`` per head and branch, initialised (as NSA
 and its reference implementation do) so that the window branch dominates at the start of training.
 
-Cost per head is ``O(L * (2w + L/l + n*l))`` scores; no ``[L, L]`` tensor is ever built in sparse mode:
+Cost per head is ``O(L * (w + l + L/l + n*l))`` scores; no ``[L, L]`` tensor is ever built in sparse mode:
 
 * window: query blocks of ``l`` attend to the ``w + l`` items ending with them, ``[B*L/l, H, l, w+l]``
   (keys read through an ``unfold`` view); when ``L <= w`` one causal SDPA call per row;
