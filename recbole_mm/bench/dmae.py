@@ -4,21 +4,23 @@ Every variant trains through RecBole's own pipeline under one protocol (same MAX
 hidden size, epochs, batch size, learning rate, seed; :mod:`recbole_mm.bench.ablation`) and the
 script prints one markdown table: test Recall@10 / NDCG@10 / MRR@10, training seconds per epoch and
 full-sort inference milliseconds per user, both also as ratios to SASRec. Each ablation changes one
-DMAE key (the paper's own ablations: discretisation, click time, MIFU, decoder).
+DMAE key (the paper's own ablations: discretisation, click time, MIFU, decoder; and ours: the hard
+negatives of the lite head).
 
 ``history CHECKPOINT``: how much of a trained DMAE's ranking quality is history suppression. It
 scores the checkpoint's test users three ways -- as trained, with the "identity cell" remapped
 (:meth:`DMAE.remap_self_pairs`: a candidate that is a history item gets the similarities of that
 item's nearest other item) and, for ``lite``, the backbone alone -- and prints, for each, the mean
 number of input-history items in the top 10 and NDCG@10 / Recall@10 under RecBole's protocol and
-with the history left out of the ranking.
+with the history left out of the ranking. ``--shortlists 20,50,0`` adds rows with the lite head on
+the backbone's top-C (0: every item), to size ``dmae_shortlist``.
 
 Examples::
 
     python -m recbole_mm.bench.dmae                                  # ml-100k-mm, quick profile
     python -m recbole_mm.bench.dmae --epochs 5 --max-len 50 --max-batches 0 --threads 1
     python -m recbole_mm.bench.dmae --variants SASRec,DMAE-lite --out results
-    python -m recbole_mm.bench.dmae history saved/DMAE-<time>.pth
+    python -m recbole_mm.bench.dmae history saved/DMAE-<time>.pth --shortlists 20,50,100,0
 """
 
 import argparse
@@ -39,6 +41,7 @@ SUITE = ablation.AblationSuite(
         "lite w/o time": ("DMAE", {"dmae_mode": "lite", "dmae_time": "none"}),
         "lite w/o MIFU": ("DMAE", {"dmae_mode": "lite", "dmae_mifu": False}),
         "lite w/o decoder": ("DMAE", {"dmae_mode": "lite", "dmae_dist_weight": 0.0}),
+        "lite w/o hard negatives": ("DMAE", {"dmae_mode": "lite", "dmae_hard_negs": 0}),
     },
 )
 
