@@ -64,16 +64,6 @@ def test_inf_single_loss_is_reported(tiny_config, monkeypatch, build):
         trainer.fit(train_data, valid_data, saved=False)
 
 
-def test_recbole_alone_only_says_nan(tiny_config, build):
-    """The baseline the plugin trainer improves on: RecBole's Trainer names no term (and misses Inf)."""
-    from recbole.trainer import Trainer
-
-    trainer, train_data, valid_data = trainer_and_data(build, "CAMMSR", tiny_config(cl_temperature=0.0, cat_weight=0.1, cl_weight=0.1))
-    plain = Trainer(trainer.config, trainer.model)
-    with pytest.raises(ValueError, match="^Training loss is nan$"):
-        plain.fit(train_data, valid_data, saved=False)
-
-
 # ----- out-of-range item ids and over-long histories ---------------------------------------------
 
 def _first_batch(build, model_name, tiny_config, max_len):
