@@ -39,7 +39,7 @@ import tempfile
 import time
 
 IMPLS = ("recbole", "sdpa", "sal")
-TARGETS = {  # (baseline, length): (max time ratio, max memory ratio) from the project brief
+TARGETS = {  # (baseline, length): (max time ratio, max memory ratio) that SAL aims for
     ("recbole", 1024): (0.1, 0.2),
     ("sdpa", 1024): (1.0, None),
     ("sdpa", 2048): (0.5, None),

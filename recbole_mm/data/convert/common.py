@@ -129,7 +129,7 @@ def write_dataset_yaml(
     if dims:
         lines.append(f"modality_dims: {_yaml_value(dims)}  # (dict) Checked against the feature files.")
     if category_field:
-        lines.append(f"category_field: {category_field}  # (str) Item token_seq field of leaf categories (CAMMSR, MUFASA).")
+        lines.append(f"category_field: {category_field}  # (str) Item token_seq field of leaf categories (CAMMSR).")
     lines.append("missing_feature: zero           # (str) zero | mean | error for items without a feature row.")
     lines.append(f"eval_args: {_yaml_value(LEAVE_ONE_OUT)}  # (dict) Leave-one-out by time: last item test, second last valid.")
     for key, (value, comment) in (extra or {}).items():
