@@ -1,5 +1,6 @@
 """CAMMSR: DyT, the category-guided mixture of experts, the modality swap, RecBole contract, planted pattern."""
 
+import json
 import os
 import shutil
 
@@ -515,3 +516,20 @@ def test_gate_learns_the_informative_modality_per_category(category_modality):
     assert attentive["recall"] > 5 * 10 / planted.item_cluster.size, summary  # far above random ranking
     assert attentive["recall"] > mean["recall"] + 0.03, summary
     assert attentive["purity"] > mean["purity"] + 0.05, summary
+
+
+@pytest.mark.slow
+def test_bench_diagnose_prints_scale_time_and_gate_lines(tiny_planted, tiny_config, capsys):
+    from recbole_mm.bench import cammsr as bench
+
+    planted, data_path = tiny_planted
+    config = tiny_config()
+    keys = ("USER_ID_FIELD", "ITEM_ID_FIELD", "TIME_FIELD", "load_col", "modalities", "category_field", "MAX_ITEM_LIST_LENGTH")
+    overrides = [arg for key in keys for arg in ("--set", f"{key}={json.dumps(config[key])}")]
+    assert bench.main(["--diagnose", "--dataset", "tiny", "--data-path", data_path, "--steps", "1", "--rounds", "1",
+                       "--set", "hidden_size=16", "--set", "train_batch_size=64", *overrides]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"model", "SASRec", "SASRecMM", "CAMMSR", "CAMMSR, first-version settings"}
+    assert rows["SASRec"].count("1.00x") == 3
+    assert sum(line.startswith("- CAMMSR") and "gate means eval" in line for line in lines) == 2

@@ -15,6 +15,16 @@ Examples::
     python -m recbole_mm.bench.cammsr                                # ml-100k-mm, quick budget
     python -m recbole_mm.bench.cammsr --epochs 5 --max-batches 0 --threads 1
     python -m recbole_mm.bench.cammsr --variants SASRec,CAMMSR,"category noise" --noise 0.3
+
+``--diagnose`` trains nothing: on one training batch of the dataset it prints, for SASRec,
+SASRecMM, CAMMSR and CAMMSR with the first version's settings, the user-vector rms and logit std at
+initialisation and the CPU time of a training step (interleaved rounds in one process; CPU time,
+not wall time, so that other processes on a shared machine do not skew the ratios), each as a ratio
+to SASRec; and for the two CAMMSR readings the gate's mean weights in training and evaluation, the
+gradient norms that reach the encoder from the next-item and the contrastive losses and the gate
+from the category loss, and how much the modality swap changes the item vectors::
+
+    python -m recbole_mm.bench.cammsr --diagnose --threads 1
 """
 
 import os
@@ -150,7 +160,169 @@ SUITE = ablation.AblationSuite(
 )
 
 
+# ----- --diagnose: scale, gradients and step time at initialisation -------------------------------
+
+
+def _diagnose_args(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m recbole_mm.bench.cammsr --diagnose")
+    parser.add_argument("--diagnose", action="store_true")
+    parser.add_argument("--dataset", default="ml-100k-mm")
+    parser.add_argument("--data-path", help="folder holding <dataset>/ (the bundled set needs none)")
+    parser.add_argument("--profile", default="quick", help="batch size, MAX_ITEM_LIST_LENGTH, hidden size, lr from this profile")
+    parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per round and model")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (the median is reported)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every model (yaml value), repeatable")
+    return parser.parse_args(argv)
+
+
+class _Diagnosis:
+    """The models of ``--diagnose`` built on one dataset, and the measurements on its batches."""
+
+    MODELS = {"SASRec": ("SASRec", {}), "SASRecMM": ("SASRecMM", {}), CLEAN: ("CAMMSR", {}),
+              "CAMMSR, first-version settings": ("CAMMSR", FIRST_VERSION)}
+
+    def __init__(self, args):
+        from recbole.data import create_dataset, data_preparation
+
+        from recbole_mm.bench.profiles import get_profile
+
+        self.args = args
+        self.profile = get_profile(args.profile)
+        self.data_path = args.data_path or resources.bundled_dataset_root(args.dataset)
+        config = self.config("CAMMSR")
+        train, _, _ = data_preparation(config, create_dataset(config))
+        self.dataset = train._dataset
+        self.batches = [batch for _, batch in zip(range(args.steps + 1), train)]
+
+    def config(self, model: str, overrides: Optional[dict] = None):
+        from recbole.config import Config
+
+        from recbole_mm.bench.profiles import model_config
+        from recbole_mm.registry import plugin_overall_defaults
+
+        settings = {**model_config(model, self.profile), "seed": self.args.seed, "state": "WARNING",
+                    **ablation.parse_overrides(self.args.overrides), **(overrides or {})}
+        if self.data_path:
+            settings["data_path"] = self.data_path
+        with plugin_overall_defaults():
+            return Config(model=model, dataset=self.args.dataset, config_dict=settings)
+
+    def build(self, model: str, overrides: dict):
+        from recbole.utils import get_model, init_seed
+
+        init_seed(self.args.seed, True)
+        return get_model(model)(self.config(model, overrides), self.dataset)
+
+    def init_scale(self, model):
+        """``(user-vector rms, logit std)`` on the first batch, eval mode."""
+        import torch
+
+        batch = self.batches[0]
+        model.eval()
+        with torch.no_grad():
+            user = model.forward(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+            items = model.item_vectors(torch.arange(model.n_items)) if hasattr(model, "item_vectors") else model.item_embedding.weight
+            return float(user.pow(2).mean().sqrt()), float((user @ items.t()).std())
+
+    def step_times(self, models: dict) -> dict:
+        """Median CPU ms per training step of each model, rounds interleaved."""
+        import statistics
+        import time
+
+        import torch
+
+        optimizers = {name: torch.optim.Adam(model.parameters(), lr=self.profile.learning_rate) for name, model in models.items()}
+        times = {name: [] for name in models}
+        for round_index in range(self.args.rounds + 1):  # round 0 warms up
+            for name, model in models.items():
+                model.train()
+                start = time.process_time()
+                for batch in self.batches[1:]:
+                    optimizers[name].zero_grad()
+                    loss = model.calculate_loss(batch)
+                    (sum(loss) if isinstance(loss, tuple) else loss).backward()
+                    optimizers[name].step()
+                if round_index:
+                    times[name].append(1000 * (time.process_time() - start) / (len(self.batches) - 1))
+        return {name: statistics.median(values) for name, values in times.items()}
+
+    def gate_and_gradients(self, model) -> str:
+        """One line on the gate, the gradient balance and the swap of a fresh CAMMSR."""
+        import torch
+
+        items = torch.arange(model.n_items)
+        model.eval()
+        with torch.no_grad():
+            mixture = model.item_mixture(items)
+            evaluated = mixture.weights[1:].mean(0)
+            swapped = model.mixture.swapped(mixture, model.swap_mode)
+            swap_change = float(((swapped - mixture.mixed).norm(dim=-1) / mixture.mixed.norm(dim=-1).clamp_min(1e-12))[1:].mean())
+        model.train()
+        model.cl_warmup_steps = 0  # full contrastive weight, as after the warm-up
+        torch.manual_seed(self.args.seed)
+        ce, category, contrastive = model.calculate_loss(self.batches[0])
+        with torch.no_grad():
+            trained = model.gate_weights(items)[1:].mean(0)
+        encoder = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
+        gate = [p for n, p in model.named_parameters() if n.startswith("mixture.query") or n.endswith("log_temperature")]
+
+        def norm(loss, params):
+            grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+            return float(sum(g.pow(2).sum() for g in grads if g is not None) ** 0.5)
+
+        weights = lambda w: "/".join(f"{x:.2f}" for x in w.tolist())  # noqa: E731
+        return (f"experts {'/'.join(model.mixture.expert_names)}; gate means eval {weights(evaluated)}, train {weights(trained)}; "
+                f"|grad| on the encoder: CE {norm(ce, encoder):.2e}, weighted CL {norm(contrastive, encoder):.2e} "
+                f"(ratio {norm(contrastive, encoder) / norm(ce, encoder):.2f}); |grad| on the gate from the weighted category loss "
+                f"{norm(category, gate):.1e}; the swap changes item vectors by {100 * swap_change:.1f}%")
+
+
+def diagnose(argv=None) -> int:
+    """``--diagnose``: print the init-scale / step-time table and the gate lines (see the module doc)."""
+    import tempfile
+
+    import torch
+
+    args = _diagnose_args(argv)
+    torch.set_num_threads(args.threads)
+    previous_cwd, previous_argv = os.getcwd(), sys.argv
+    with tempfile.TemporaryDirectory(prefix="cammsr_diagnose_") as scratch:
+        os.chdir(scratch)  # RecBole writes log folders into cwd and reads --key=value from argv
+        sys.argv = sys.argv[:1]
+        try:
+            diagnosis = _Diagnosis(args)
+            models = {name: diagnosis.build(model, overrides) for name, (model, overrides) in _Diagnosis.MODELS.items()}
+            scales = {name: diagnosis.init_scale(model) for name, model in models.items()}
+            lines = [diagnosis.gate_and_gradients(models[name]) for name in (CLEAN, "CAMMSR, first-version settings")]
+            models = {name: diagnosis.build(model, overrides) for name, (model, overrides) in _Diagnosis.MODELS.items()}  # fresh for timing
+            times = diagnosis.step_times(models)
+        finally:
+            os.chdir(previous_cwd)
+            sys.argv = previous_argv
+    (rms, logits), reference_time = scales["SASRec"], times["SASRec"]
+    print("| model | user rms at init | vs SASRec | logit std at init | vs SASRec | train step CPU ms | vs SASRec |")
+    print("|---|---|---|---|---|---|---|")
+    for name, (user_rms, logit_std) in scales.items():
+        print(f"| {name} | {user_rms:.4f} | {user_rms / rms:.2f}x | {logit_std:.4f} | {logit_std / logits:.2f}x | "
+              f"{times[name]:.0f} | {times[name] / reference_time:.2f}x |")
+    print()
+    for name, line in zip((CLEAN, "CAMMSR, first-version settings"), lines):
+        print(f"- {name}: {line}")
+    print(f"\nSettings: dataset {args.dataset}, profile {args.profile} (batch {diagnosis.profile.train_batch_size}, "
+          f"MAX_ITEM_LIST_LENGTH {diagnosis.profile.max_len}, hidden {diagnosis.profile.hidden_size}), seed {args.seed}, "
+          f"threads {args.threads}, {args.steps} steps x {args.rounds} rounds.")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--diagnose" in argv:
+        return diagnose(argv)
     return ablation.main(SUITE, argv)
 
 
