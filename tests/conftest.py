@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import recbole_mm  # noqa: F401  (before RecBole: its first import then applies compat and registers the models)
-from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+from recbole_mm.bench.planted import planted_config, write_planted_dataset
 
 # Test tensors are tiny: one thread is faster than two and immune to other processes on the machine.
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import yaml
 from recbole_mm.bench import __main__ as cli
 from recbole_mm.bench import measure, pipeline, runner, synthetic
 from recbole_mm.bench.profiles import CATEGORY_FEATURE_MODELS, get_profile, model_config, protocol_config
-from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+from recbole_mm.bench.planted import planted_config, write_planted_dataset
 
 # Models that fail on purpose, imported by name in the runs (in-process and in child processes).
 FAKE_MODELS = '''

@@ -12,10 +12,9 @@ from recbole.quick_start import run_recbole
 from recbole.utils import init_seed
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fixtures.similar_history import write_similar_history_dataset
 from planted_eval import recall_at, train_on_planted
-from recbole_mm.data.synthetic import planted_config
-from recbole_mm.data.synthetic_dmae import write_similar_history_dataset
-from recbole_mm.data.synthetic import write_planted_dataset
+from recbole_mm.bench.planted import planted_config, write_planted_dataset
 from recbole_mm.model.dmae import DMAE
 from recbole_mm.model.layers.interest import bucket_index, similarity_distribution, time_buckets
 

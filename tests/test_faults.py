@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import recbole_mm
-from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+from recbole_mm.bench.planted import planted_config, write_planted_dataset
 from recbole_mm.trainer import CheckpointMismatchError, NonFiniteLossError
 
 PLUGIN_MODELS = ["SASRecMM", "MUFASA", "DMAE", "CAMMSR"]

@@ -14,7 +14,7 @@ from recbole.quick_start import run_recbole
 
 from conftest import TINY, build_run
 from recbole_mm.feature_files import feature_paths, read_ids, write_features
-from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+from recbole_mm.bench.planted import planted_config, write_planted_dataset
 
 MODELS = ["SASRecMM", "MUFASA", "DMAE", "CAMMSR"]
 MISSING = {"text": ["3", "5"], "image": ["5", "7"]}

@@ -11,7 +11,7 @@ from recbole.data.interaction import Interaction
 from recbole.quick_start import run_recbole
 from recbole.utils import init_seed
 
-from recbole_mm.data.synthetic_long import long_range_config, recall_examples, write_long_range_dataset
+from recbole_mm.bench.long_range import long_range_config, recall_examples, write_long_range_dataset
 from recbole_mm.model.layers import mfl
 from recbole_mm.model.mufasa import LOSS_NAMES, MUFASA
 from planted_eval import assert_full_sort_chunk_invariant

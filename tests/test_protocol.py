@@ -187,7 +187,7 @@ def _fake_run_model(calls):
 def test_tuning_picks_each_models_best_point_and_seeds_reuse_the_cache(tiny_planted, tmp_path, monkeypatch):
     from recbole_mm.bench import benchmark, runner
     from recbole_mm.bench.profiles import DENSE
-    from recbole_mm.data.synthetic import planted_config
+    from recbole_mm.bench.planted import planted_config
 
     planted, data_path = tiny_planted
     calls = []

@@ -7,7 +7,7 @@ from recbole.quick_start import run_recbole
 
 from conftest import build_run
 from planted_eval import assert_full_sort_chunk_invariant, recall_at, target_ranks, train_on_planted
-from recbole_mm.data.synthetic import planted_config, write_planted_dataset
+from recbole_mm.bench.planted import planted_config, write_planted_dataset
 from recbole_mm.model.sasrecmm import SASRecMM
 
 

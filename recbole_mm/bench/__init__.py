@@ -6,6 +6,8 @@ Modules, each importing only the ones listed before it:
 - :mod:`.measure`: rankings under both protocols, per-user NDCG@10, cold / history metrics,
   memory; the metric key constants;
 - :mod:`.stats`: paired bootstrap CI / Wilcoxon of per-user metrics, the better / worse / tie verdict;
+- :mod:`.planted`, :mod:`.long_range`: generators of planted datasets (cluster walks with content
+  that reveals the cluster; a next item that depends on one far back), also used by the tests;
 - :mod:`.synthetic`, :mod:`.sparse`: the generated datasets of the cold and sparse regimes;
 - :mod:`.pipeline`: one run through RecBole's build / fit / test in this process;
 - :mod:`.runner`: one process per run, timeouts, the resumable (and published) cache, parallel jobs;

@@ -192,7 +192,7 @@ def build_models(length, args, workdir):
     from recbole.utils import get_model, init_seed
 
     import recbole_mm  # noqa: F401  (registers the plugin's models and dataset class)
-    from recbole_mm.data.synthetic_long import long_range_config, write_long_range_dataset
+    from recbole_mm.bench.long_range import long_range_config, write_long_range_dataset
 
     planted = write_long_range_dataset(workdir, "steps", n_users=20, n_keys=100, n_noise=300, gap=(30, 30), episodes=2)
     models = {}

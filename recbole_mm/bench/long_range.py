@@ -16,8 +16,8 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from recbole_mm.data.feature_files import write_features
-from recbole_mm.data.synthetic import PlantedDataset, planted_config
+from recbole_mm.feature_files import write_features
+from recbole_mm.bench.planted import PlantedDataset, planted_config
 
 
 ROLES = ("key", "answer", "cue", "noise")

@@ -80,7 +80,7 @@ def long_range(argv) -> str:
     """Each variant learns ``[noise.., key, noise x ~L, cue] -> answer(key)`` (the key far outside any window)
     by Adam on fresh batches; reports test accuracy (chance ``1/keys``) and ms per step, one process.
 
-    Examples come from :func:`recbole_mm.data.synthetic_long.recall_examples`; every training example is
+    Examples come from :func:`recbole_mm.bench.long_range.recall_examples`; every training example is
     informative (the whole sequence is one episode), so this isolates whether attention reaches the key.
     """
     import tempfile
@@ -92,7 +92,7 @@ def long_range(argv) -> str:
     from recbole.data.interaction import Interaction
     from recbole.utils import get_model, init_seed
 
-    from recbole_mm.data.synthetic_long import long_range_config, recall_examples, write_long_range_dataset
+    from recbole_mm.bench.long_range import long_range_config, recall_examples, write_long_range_dataset
 
     args = long_range_args(argv)
     torch.set_num_threads(args.threads)

@@ -1,4 +1,4 @@
-"""Synthetic RecBole datasets with planted multimodal ground truth, for tests and benchmarks.
+"""Synthetic RecBole datasets with planted multimodal ground truth, for the benchmark (and the tests).
 
 Items belong to ``n_clusters`` latent clusters. Each modality vector of an item is its cluster's
 centroid (one random centroid per cluster and modality) plus noise, so content reveals the
@@ -15,7 +15,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from recbole_mm.data.feature_files import write_features
+from recbole_mm.feature_files import write_features
 
 
 @dataclass

@@ -69,7 +69,7 @@ def item_token(index: int) -> str:
 
 def write_dataset(data_path: str, items: int, dim: int, users: int, seed: int = 0) -> str:
     """Write ``<data_path>/scale/``: feature files, ``.item`` and ``.inter``; returns the .npy path."""
-    from recbole_mm.data.feature_files import feature_paths, write_ids
+    from recbole_mm.feature_files import feature_paths, write_ids
 
     folder = os.path.join(data_path, DATASET)
     os.makedirs(folder, exist_ok=True)
@@ -118,7 +118,7 @@ def mib(kib: float) -> float:
 def phase_align(args) -> dict:
     """Align the whole file to a shuffled id order through the feature store."""
     from recbole_mm.data.features import load_item_features
-    from recbole_mm.data.feature_files import feature_paths
+    from recbole_mm.feature_files import feature_paths
 
     folder = os.path.join(args.data_path, DATASET)
     npy_path = feature_paths(folder, DATASET, "text")[0]

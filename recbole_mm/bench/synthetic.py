@@ -1,6 +1,6 @@
 """The synthetic benchmark set: planted multimodal ground truth with a cold-item test split.
 
-Built by the project's generator (:func:`recbole_mm.data.synthetic.write_planted_dataset`): items
+Built by the project's generator (:func:`recbole_mm.bench.planted.write_planted_dataset`): items
 fall into clusters, each item's modality vectors reveal its cluster, and users walk the clusters
 in a fixed cycle, so the next item's cluster is predictable and its content tells which items are
 in it. On top of that, :func:`make_cold_split` turns part of the catalogue into cold items:
@@ -27,7 +27,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from recbole_mm.data.synthetic import PlantedDataset, planted_config, write_planted_dataset
+from recbole_mm.bench.planted import PlantedDataset, planted_config, write_planted_dataset
 
 NAME = "planted-cold"
 GENERATOR = dict(

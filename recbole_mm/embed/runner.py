@@ -5,7 +5,7 @@ feature-file format itself) under ``<folder>/<ds>.<modality>.partial/``; a rerun
 model and inputs finds those chunks and encodes only the rest, so a long job that was stopped
 loses at most one chunk. When every chunk is there, the rows are assembled in input order,
 optionally L2-normalised and cast to float16, written with
-:func:`recbole_mm.data.feature_files.write_features`, and the partial folder is removed.
+:func:`recbole_mm.feature_files.write_features`, and the partial folder is removed.
 Rows whose input is unusable (``encoder.prepare`` returns None) are left out and counted.
 """
 
