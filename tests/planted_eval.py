@@ -1,5 +1,8 @@
 """Train a model on a planted dataset through RecBole's pipeline and measure target ranks."""
 
+import math
+import os
+
 import numpy as np
 import torch
 from recbole.config import Config
@@ -56,3 +59,28 @@ def assert_full_sort_chunk_invariant(model, interaction, items):
             singles.append(model.predict(interaction))
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(torch.stack(singles, 1), whole[:, list(items)])
+
+
+def random_ndcg_bar(n_candidates, n_users, k=10, z=4.0):
+    """Mean NDCG@k of a uniformly random rank in 1..n_candidates, plus ``z`` standard errors over
+    ``n_users``: a bar that a random ranking misses (about 3e-5 odds at z = 4)."""
+    gains = np.array([1.0 / math.log2(rank + 1) for rank in range(1, min(k, n_candidates) + 1)])
+    mean = gains.sum() / n_candidates
+    variance = (gains ** 2).sum() / n_candidates - mean ** 2
+    return mean + z * math.sqrt(variance / n_users)
+
+
+def stock_ndcg_bar(folder, name):
+    """The bar for RecBole's own test NDCG@10 of a run on the dataset ``<folder>/<name>.inter`` (one
+    test target per user).
+
+    RecBole's full ranking leaves out each user's earlier items, so a random ranking draws from the
+    items less that history, which raises its expectation; the bar assumes the longest history and
+    counts only items that occur (both make it higher, never lower, than the exact one).
+    """
+    with open(os.path.join(folder, f"{name}.inter"), encoding="utf-8") as handle:
+        next(handle)
+        rows = [line.split("\t", 2)[:2] for line in handle]
+    lengths = np.unique([user for user, _ in rows], return_counts=True)[1]
+    n_items = len({item for _, item in rows})
+    return random_ndcg_bar(n_items - int(lengths.max() - 1), len(lengths))

@@ -8,13 +8,11 @@ same model's scores shuffled per user (a random ranking with its score distribut
 so the check is one a random model fails. Ties count against the target, so constant scores fail too.
 """
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from planted_eval import train_on_planted
+from planted_eval import random_ndcg_bar, train_on_planted
 
 K = 10
 # Per-model settings for the tiny set (histories of at most 10 items).
@@ -24,14 +22,6 @@ MODELS = {
     "DMAE": {},
     "CAMMSR": {},
 }
-
-
-def random_ndcg_bar(n_candidates, n_users, k=K, z=4.0):
-    """Mean NDCG@k of a uniformly random rank in 1..n_candidates, plus ``z`` standard errors over ``n_users``."""
-    gains = np.array([1.0 / math.log2(rank + 1) for rank in range(1, min(k, n_candidates) + 1)])
-    mean = gains.sum() / n_candidates
-    variance = (gains ** 2).sum() / n_candidates - mean ** 2
-    return mean + z * math.sqrt(variance / n_users)
 
 
 @torch.no_grad()
