@@ -45,23 +45,30 @@ def tiny_config(tiny_planted):
     return make
 
 
-def build_run(model, config_dict, dataset="tiny", change=None, trainer=False):
-    """Config -> dataset -> splits -> model (-> trainer), seeded, as RecBole's ``run_recbole`` builds them.
+def build_run(model, config_dict, dataset="tiny", change=None, trainer=False, overall_defaults=False):
+    """Config -> dataset -> splits -> model (-> trainer), seeded, as RecBole's ``run_recbole`` builds them
+    (seeded before the data and again before the model).
 
     ``change(train_dataset)`` edits the training dataset (e.g. its aligned features) before the model
-    is built. Returns a namespace with ``config, dataset, train, valid, test, model, trainer``.
+    is built; ``overall_defaults`` reads the plugin's ``overall.yaml`` as the command line does.
+    Returns a namespace with ``config, dataset, train, valid, test, model, trainer``.
     """
+    from contextlib import nullcontext
+
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, get_trainer, init_seed
 
-    config = Config(model=model, dataset=dataset, config_dict=config_dict)
+    from recbole_mm.registry import plugin_overall_defaults
+
+    with plugin_overall_defaults() if overall_defaults else nullcontext():
+        config = Config(model=model, dataset=dataset, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     data = create_dataset(config)
     train, valid, test = data_preparation(config, data)
     if change is not None:
         change(train._dataset)
-        init_seed(config["seed"], config["reproducibility"])
+    init_seed(config["seed"], config["reproducibility"])
     net = get_model(model)(config, train._dataset)
     built = get_trainer(config["MODEL_TYPE"], model)(config, net) if trainer else None
     return SimpleNamespace(config=config, dataset=data, train=train, valid=valid, test=test, model=net, trainer=built)

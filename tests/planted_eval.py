@@ -5,22 +5,15 @@ import os
 
 import numpy as np
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_model, get_trainer, init_seed
+
+from conftest import build_run
 
 
 def train_on_planted(model_name, config_dict, dataset_name):
     """Fit ``model_name`` (no checkpoint files); returns (model, dataset, test_data, trainer)."""
-    config = Config(model=model_name, dataset=dataset_name, config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(model_name)(config, train_data._dataset)
-    trainer = get_trainer(config["MODEL_TYPE"], model_name)(config, model)
-    trainer.fit(train_data, valid_data=None, saved=False, show_progress=False)
-    return model, dataset, test_data, trainer
+    run = build_run(model_name, config_dict, dataset_name, trainer=True)
+    run.trainer.fit(run.train, valid_data=None, saved=False, show_progress=False)
+    return run.model, run.dataset, run.test, run.trainer
 
 
 @torch.no_grad()

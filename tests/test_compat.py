@@ -20,6 +20,7 @@ import torch
 from recbole.config import Config
 from recbole.data import create_dataset
 
+from conftest import build_run
 from recbole_mm import compat
 
 NUMPY2 = compat.numpy_2()
@@ -254,10 +255,7 @@ class _RecordingDDP:
 
 
 def test_ddp_builder_drops_device_ids_on_cpu_and_keeps_recbole_models_defaults(tiny_config):
-    from recbole.model.sequential_recommender import GRU4Rec
-
-    config = Config(model="GRU4Rec", dataset="tiny", config_dict=tiny_config())
-    model = GRU4Rec(config, create_dataset(config))
+    model = build_run("GRU4Rec", tiny_config()).model
     built = compat._ddp_builder(_RecordingDDP)(model, device_ids=[0])
     assert built.device_ids is None and built.kwargs == {}
 

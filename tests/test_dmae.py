@@ -5,28 +5,22 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
 from recbole.data.interaction import Interaction
 from recbole.quick_start import run_recbole
-from recbole.utils import init_seed
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import build_run
 from fixtures.similar_history import write_similar_history_dataset
 from planted_eval import recall_at, stock_ndcg_bar, train_on_planted
 from recbole_mm.bench.planted import planted_config, write_planted_dataset
-from recbole_mm.model.dmae import DMAE
 from recbole_mm.model.layers.interest import bucket_index, similarity_distribution, time_buckets
 
 RERANK = dict(dmae_mode="rerank", dmae_rerank_size=10, dmae_rerank_negs=4)
 
 
 def _model(tiny_config, **overrides):
-    config = Config(model="DMAE", dataset="tiny", config_dict=tiny_config(**overrides))
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    train, _, test = data_preparation(config, dataset)
-    return DMAE(config, train._dataset), next(iter(train)), next(iter(test))[0]
+    run = build_run("DMAE", tiny_config(**overrides))
+    return run.model, next(iter(run.train)), next(iter(run.test))[0]
 
 
 def _perturb(model, scale=0.3):
@@ -359,13 +353,10 @@ def _scoring_tensors(tmp_path, n_items, batch_size=2):
     """``(N, B, [(shape, numel)] of every tensor one lite shortlist full-ranking call creates)``."""
     data_path = str(tmp_path / f"catalogue{n_items}")
     planted = write_planted_dataset(data_path, name="cat", seed=0, n_users=30, n_items=n_items, n_clusters=5, seq_len=(4, 8))
-    config = Config(model="DMAE", dataset="cat", config_dict=planted_config(
+    run = build_run("DMAE", planted_config(
         planted, data_path, MAX_ITEM_LIST_LENGTH=6, hidden_size=16, inner_size=16, n_layers=1, n_heads=1, dmae_n_buckets=4,
-        dmae_shortlist=8, dmae_chunk_size=4, score_chunk_size=32, dmae_sim_cache_mb=0, eval_batch_size=batch_size))
-    init_seed(0, True)
-    dataset = create_dataset(config)
-    _, _, test = data_preparation(config, dataset)
-    model = DMAE(config, test._dataset).eval()
+        dmae_shortlist=8, dmae_chunk_size=4, score_chunk_size=32, dmae_sim_cache_mb=0, eval_batch_size=batch_size), "cat")
+    model, test = run.model.eval(), run.test
     batch = next(iter(test))[0]
     probe = _AllTensors()
     with torch.no_grad(), probe:
@@ -463,16 +454,11 @@ def test_self_pair_remap_moves_history_items_out_of_the_identity_cell(tiny_confi
 
 
 def test_history_check_scores_every_variant_and_restores_the_model(tiny_config):
-    from recbole.utils import get_trainer
-
     from recbole_mm.bench.dmae import history_check, history_table
 
-    config = Config(model="DMAE", dataset="tiny", config_dict=tiny_config())
-    init_seed(config["seed"], True)
-    train, _, test_data = data_preparation(config, create_dataset(config))
-    model = DMAE(config, train._dataset)
+    run = build_run("DMAE", tiny_config(), trainer=True)
+    model, trainer, test_data = run.model, run.trainer, run.test
     _perturb(model)
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     trainer.tot_item_num = test_data._dataset.item_num
     batch = next(iter(test_data))[0]
     model.eval()
@@ -486,4 +472,4 @@ def test_history_check_scores_every_variant_and_restores_the_model(tiny_config):
     assert "| self-pairs remapped |" in history_table(results)
     with torch.no_grad():
         torch.testing.assert_close(model.full_sort_predict(batch), before)
-    assert model.similarity.self_similarity is None and model.shortlist == config["dmae_shortlist"]
+    assert model.similarity.self_similarity is None and model.shortlist == run.config["dmae_shortlist"]

@@ -5,15 +5,13 @@ import math
 
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset
 from recbole.data.interaction import Interaction
 from recbole.quick_start import run_recbole
-from recbole.utils import init_seed
 
+from conftest import build_run
 from recbole_mm.bench.long_range import long_range_config, recall_examples, write_long_range_dataset
 from recbole_mm.model.layers import mfl
-from recbole_mm.model.mufasa import LOSS_NAMES, MUFASA
+from recbole_mm.model.mufasa import LOSS_NAMES
 from planted_eval import assert_full_sort_chunk_invariant, stock_ndcg_bar
 
 LOSS_FUNCTIONS = {
@@ -28,10 +26,8 @@ ALL_LOSSES = dict(cga_weight=0.1, col_weight=0.1, sim_weight=0.05, dist_weight=0
 
 
 def _model(config_dict, dataset_name="tiny"):
-    config = Config(model="MUFASA", dataset=dataset_name, config_dict=config_dict)
-    init_seed(config["seed"], True)
-    dataset = create_dataset(config)
-    return MUFASA(config, dataset), dataset
+    run = build_run("MUFASA", config_dict, dataset_name)
+    return run.model, run.dataset
 
 
 def _batch(model, batch_size=16, length=10, seed=0):

@@ -5,22 +5,16 @@ import os
 
 import pytest
 import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
 from recbole.trainer import Trainer
-from recbole.utils import get_model, get_trainer, init_seed
+from recbole.utils import get_trainer
 
+from conftest import build_run
 from recbole_mm.evaluation import HistoryExclusion, history_mask, with_history_exclusion
-from recbole_mm.registry import plugin_overall_defaults
 
 
 def _build(model, config_dict):
-    with plugin_overall_defaults():
-        config = Config(model=model, dataset="tiny", config_dict=config_dict)
-    init_seed(config["seed"], config["reproducibility"])
-    train, valid, test = data_preparation(config, create_dataset(config))
-    net = get_model(config["model"])(config, train._dataset)
-    return config, net, (train, valid, test)
+    run = build_run(model, config_dict, overall_defaults=True)
+    return run.config, run.model, (run.train, run.valid, run.test)
 
 
 def _by_hand(net, test_data, exclude, k=10):
