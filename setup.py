@@ -9,6 +9,11 @@ from setuptools.command.build_py import build_py
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Top-level folders a regular (non-editable) install copies into the package.
 PACKAGED_FOLDERS = ("properties", "dataset")
+# Install-time files in those folders that the package itself never reads.
+NOT_PACKAGED = shutil.ignore_patterns("uv-overrides.txt")
+# The benchmark's published results (``python -m recbole_mm.bench`` reads them before running
+# anything); a pattern that matches nothing is fine, so the folder need not exist.
+PUBLISHED_RUNS = {"recbole_mm.bench": ["published/*/runs/*.json"]}
 
 
 class BuildWithResources(build_py):
@@ -19,7 +24,7 @@ class BuildWithResources(build_py):
         for folder in PACKAGED_FOLDERS:
             target = os.path.join(self.build_lib, "recbole_mm", folder)
             shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(os.path.join(HERE, folder), target)
+            shutil.copytree(os.path.join(HERE, folder), target, ignore=NOT_PACKAGED)
 
 
 # Encoders for python -m recbole_mm.embed (text: sentence-transformers; images: transformers' CLIP).
@@ -47,6 +52,7 @@ setup(
     long_description=read("README.md"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["recbole_mm", "recbole_mm.*"]),
+    package_data=PUBLISHED_RUNS,
     cmdclass={"build_py": BuildWithResources},
     entry_points={"console_scripts": ["run_recbole_mm = recbole_mm.cli:run"]},
     python_requires=">=3.8,<3.14",  # tested on 3.11, 3.12 and 3.13; 3.12+ install with uv (README)
