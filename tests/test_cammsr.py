@@ -283,6 +283,21 @@ def test_swap_with_a_missing_modality_keeps_the_content(tiny_config, mode):
     assert not torch.allclose(swapped[1], mixture.mixed[1])
 
 
+def test_single_modality_swap_carries_items_by_their_content(tiny_config):
+    """With one modality there is nothing to swap in: the view drops the ID residual (content only);
+    with the ID as an expert, the ID and the modality expert trade places."""
+    model, _, _ = _model(tiny_config, modalities=["text"])
+    model.eval()
+    assert model.mixture.expert_names == ["text"]
+    mixture = model.item_mixture(torch.arange(1, model.n_items))
+    torch.testing.assert_close(model.mixture.swapped(mixture), mixture.mixed - mixture.base)
+    expert, _, _ = _model(tiny_config, modalities=["text"], id_path="expert")
+    expert.eval()
+    mixture = expert.item_mixture(torch.arange(1, expert.n_items))
+    a, o = mixture.weights, mixture.experts
+    torch.testing.assert_close(expert.mixture.swapped(mixture), a[:, :1] * o[:, 1] + a[:, 1:] * o[:, 0])
+
+
 def test_present_cycle_shifts_among_present_slots_only():
     present = torch.tensor([[True, True, True], [True, False, True], [False, True, False], [False, False, False]])
     expected = torch.tensor([[1, 2, 0], [2, 1, 0], [0, 1, 2], [0, 1, 2]])
