@@ -13,8 +13,8 @@ from recbole.quick_start import run_recbole
 from torch import nn
 
 from planted_eval import assert_full_sort_chunk_invariant, recall_at, target_ranks, train_on_planted
-from recbole_mm.data.synthetic import planted_config
-from recbole_mm.data.synthetic_cammsr import write_category_modality_dataset
+from recbole_mm.bench.planted import planted_config
+from fixtures.category_modality import write_category_modality_dataset
 from recbole_mm.model.cammsr import CAMMSR
 from recbole_mm.model.layers.dyt import DyT, make_norm
 from recbole_mm.model.layers.moe import category_loss, info_nce, present_cycle

@@ -24,9 +24,6 @@ LAYERS = [
     ["recbole_mm.trainer"],
     ["recbole_mm.registry", "recbole_mm.quick_start", "recbole_mm.tune", "recbole_mm.cli"],
     ["recbole_mm.bench"],
-    # A test fixture still inside the product package and the re-exports it imports: it reads the
-    # benchmark's generator, so it sits above the benchmark until it moves under tests/.
-    ["recbole_mm.data.synthetic_cammsr", "recbole_mm.data.synthetic", "recbole_mm.data.feature_files"],
 ]
 # The package's __init__ is a facade over the entry points (it imports the registry and, on first
 # use, quick_start), so it sits in their layer: ``import recbole_mm`` from bench points down.
