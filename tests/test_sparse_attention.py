@@ -242,6 +242,49 @@ def test_straight_through_bias_leaves_outputs_unchanged():
     torch.testing.assert_close(layer(x.requires_grad_(), real), expected, atol=0, rtol=0)
 
 
+def test_straight_through_gate_gradient_equals_autograd_of_its_definition():
+    """The fused backward (one dot product per slot) equals autograd on ``values * (1 + o - stop_grad(o))``,
+    for values laid out as the selected branch gathers them (``[N, ns*l, H, dh]`` memory, heads transposed)."""
+    from recbole_mm.model.layers.sparse_attention import StraightThroughGate
+
+    n, slots, size, heads, dh = 5, 3, 4, 2, 3
+    values = torch.randn(n, slots * size, heads, dh, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    offset = torch.randn(n, slots, dtype=torch.float64).requires_grad_()
+    grad = torch.randn(n, heads, slots * size, dh, dtype=torch.float64)
+    got = torch.autograd.grad(StraightThroughGate.apply(values, offset), (values, offset), grad)
+    scale = (1 + offset - offset.detach()).repeat_interleave(size, 1)[:, None, :, None]
+    expected = torch.autograd.grad(values * scale, (values, offset), grad)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
+
+
+def test_span_pairs_forward_and_backward():
+    """Each span's rows are the previous span (zeros for a row's first) then its own; the backward is the adjoint."""
+    from recbole_mm.model.layers.sparse_attention import SpanPairs
+
+    spans = torch.randn(2, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    out = SpanPairs.apply(spans)
+    expected = torch.cat([torch.cat([torch.zeros_like(spans[:, :1]), spans[:, :-1]], 1), spans], 2)
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    assert torch.autograd.gradcheck(SpanPairs.apply, (spans,))
+
+
+def test_uniform_dropout_keeps_the_expected_share_and_scales():
+    from recbole_mm.model.layers.sparse_attention import UniformDropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    dropout = UniformDropout(0.3)
+    out = dropout(x)
+    kept = out[out > 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.7))
+    assert (out > 0).float().mean().item() == pytest.approx(0.7, abs=0.01)
+    assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(UniformDropout(1.0).train()(x), torch.zeros_like(x))
+    with pytest.raises(ValueError):
+        UniformDropout(1.5)
+
+
 @pytest.mark.parametrize("window,block", [(8, 4), (6, 4), (4, 4), (3, 8)])
 def test_selected_blocks_never_overlap_the_window(window, block):
     """With select_outside_window, no chosen block holds an item inside any of its queries' windows."""

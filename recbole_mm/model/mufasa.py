@@ -12,7 +12,7 @@ from torch import nn
 
 from recbole_mm.model.abstract import MultimodalSequentialRecommender
 from recbole_mm.model.layers import mfl
-from recbole_mm.model.layers.sparse_attention import DROPOUT_TYPES, SparseTransformerEncoder
+from recbole_mm.model.layers.sparse_attention import DROPOUT_TYPES, SparseTransformerEncoder, UniformDropout
 
 LOSS_NAMES = ("cga", "col", "sim", "dist")  # order of the auxiliary terms in calculate_loss
 
@@ -104,7 +104,7 @@ class MUFASA(MultimodalSequentialRecommender):
             dropout_type=self.attn_dropout_type,
         )
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
-        self.dropout = nn.Dropout(self.hidden_dropout_prob)
+        self.dropout = UniformDropout(self.hidden_dropout_prob)
 
         self.apply(self._init_weights)
 

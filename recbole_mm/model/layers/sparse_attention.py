@@ -20,8 +20,9 @@ and its reference implementation do) so that the window branch dominates at the 
 
 Cost per head is ``O(L * (w + l + L/l + n*l))`` scores; no ``[L, L]`` tensor is ever built in sparse mode:
 
-* window: query blocks of ``l`` attend to the ``w + l`` items ending with them, ``[B*L/l, H, l, w+l]``
-  (keys read through an ``unfold`` view); when ``L <= w`` one causal SDPA call per row;
+* window: spans of ``s = l * ceil(w / l)`` queries attend to their own and the previous span's items under
+  a precomputed band mask, ``[B*L/s, H, s, 2s]`` (keys copied once as span pairs); when ``L <= w`` one
+  causal SDPA call per row;
 * block:  ``[B, H, L, L/l]``;
 * select: NSA shares the selection across a group of queries; here the queries of one block of ``l``
   share it, ``[B*H, L/l, l, n*l]``. To stay causal the shared choice uses the importance seen by the
@@ -32,7 +33,7 @@ All attention goes through :func:`torch.nn.functional.scaled_dot_product_attenti
 built once per batch (:class:`SparsePlan`, shared by an encoder's layers); rows with nothing to attend
 to get 0 explicitly rather than relying on the backend's convention.
 
-Shapes: ``B`` batch, ``L`` length, ``H`` heads, ``dh`` head size, ``C`` window chunks, ``nq`` blocks
+Shapes: ``B`` batch, ``L`` length, ``H`` heads, ``dh`` head size, ``s`` window span, ``nq`` blocks
 of the (padded) sequence, ``nb`` complete blocks, ``ns`` selected blocks per query block.
 """
 
@@ -60,23 +61,15 @@ def causal_mask(length: int, device=None) -> torch.Tensor:
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
-def window_band_mask(block_size: int, window: int, device=None) -> torch.Tensor:
-    """``[l, w+l]``: query ``i`` of a block sees key ``j`` of its window (items ``c*l-w .. c*l+l-1``) iff ``i < j <= i+w``.
+def window_band_mask(span: int, window: int, device=None) -> torch.Tensor:
+    """``[s, 2s]``: query ``i`` of a span sees key ``j`` of its key pair (the previous span, then its own) iff
+    ``i + s - w < j <= i + s``.
 
-    Key ``j`` is ``i + w - j`` steps before query ``i``, so this is exactly ``t - w < s <= t``.
+    Key ``j`` is ``i + s - j`` steps before query ``i``, so this is exactly ``t - w < s' <= t``.
     """
-    i = torch.arange(block_size, device=device)[:, None]
-    j = torch.arange(window + block_size, device=device)[None, :]
-    return (j > i) & (j <= i + window)
-
-
-def same_row_mask(n_blocks: int, block_size: int, window: int, device=None) -> torch.Tensor:
-    """``[nq, w+l]``: window key ``j`` of query block ``c`` lies in the same sequence (position ``c*l-w+j >= 0``).
-
-    The batch is flattened, so the first windows of a row reach back into the previous row.
-    """
-    position = torch.arange(n_blocks, device=device)[:, None] * block_size - window
-    return position + torch.arange(window + block_size, device=device)[None, :] >= 0
+    i = torch.arange(span, device=device)[:, None] + span
+    j = torch.arange(2 * span, device=device)[None, :]
+    return (j <= i) & (j > i - window)
 
 
 def complete_block_mask(length: int, n_blocks: int, block_size: int, device=None) -> torch.Tensor:
@@ -110,32 +103,34 @@ def selected_slots_mask(block_size: int, n_slots: int, device=None) -> torch.Ten
 class BlockLayout:
     """The batch as blocks: rows padded to ``nq`` whole blocks of ``l``, flattened to ``M = B*nq*l`` items.
 
-    Flat block ``m`` is block ``m % nq`` of row ``m // nq``, so every branch works on views of
-    ``[front + M, ...]`` tensors: query blocks and selectable blocks are a ``view``; windows an ``unfold``
-    of the flat items with ``front = w`` zero items put in front (the first window of the first row looks
-    back ``w``). When ``L <= w`` the window is the whole causal row (``dense_window``) and needs no front.
+    Flat block ``m`` is block ``m % nq`` of row ``m // nq``, so every branch works on views of ``[M, ...]``
+    tensors: query blocks and selectable blocks are a ``view``. The window branch groups queries into
+    spans of ``s = l * ceil(w / l) >= w`` items (whole blocks); a span's window keys all lie in the span
+    before it and its own, so rows are padded to whole spans (``P`` a multiple of ``s``). When ``L <= w``
+    the window is the whole causal row (``dense_window``) and spans are single blocks.
     """
 
     def __init__(self, batch: int, length: int, block_size: int, window: int):
         self.batch, self.length, self.size = batch, length, block_size
-        self.n_blocks = -(-length // block_size)  # nq
-        self.padded = self.n_blocks * block_size  # items per row
         self.window = min(window, length)  # a window >= L is plain causal attention
         self.dense_window = 0 < window and length <= window
-        self.front = 0 if self.dense_window else self.window
+        self.span = block_size * -(-self.window // block_size) if window and not self.dense_window else block_size
+        self.padded = self.span * -(-length // self.span)  # P, items per row
+        self.n_blocks = self.padded // block_size  # nq
+        self.n_spans = self.padded // self.span
 
     def flatten(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, L, ...] -> [front + M, ...]``, zero/False in the front and the padding, one copy at most."""
+        """``[B, L, ...] -> [M, ...]``, zero/False in the padding; a view when no padding is needed."""
         batch, length = x.shape[:2]
-        if not self.front and self.padded == length:
+        if self.padded == length:
             return x.reshape(batch * length, *x.shape[2:])
-        flat = x.new_zeros((self.front + batch * self.padded, *x.shape[2:]))
-        flat[self.front:].view(batch, self.padded, *x.shape[2:])[:, :length] = x
+        flat = x.new_zeros((batch * self.padded, *x.shape[2:]))
+        flat.view(batch, self.padded, *x.shape[2:])[:, :length] = x
         return flat
 
-    def windows(self, fronted: torch.Tensor) -> torch.Tensor:
-        """``[w + M, ...] -> [B*nq, ..., w+l]``: items ``c*l-w .. c*l+l-1`` of every query block (a view)."""
-        return fronted.unfold(0, self.window + self.size, self.size)
+    def span_pairs(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[M, ...] -> [B*n_spans, 2s, ...]``: each span's previous span (zeros for a row's first) then itself."""
+        return SpanPairs.apply(flat.view(self.batch, self.n_spans, self.span, -1)).view(-1, 2 * self.span, *flat.shape[1:])
 
     def block_index(self, slots: torch.Tensor) -> torch.Tensor:
         """Block numbers ``[B, nq, ns]`` within a row -> flat block numbers ``b*nq + slot``."""
@@ -156,7 +151,7 @@ def additive_mask(visible: torch.Tensor, dtype) -> tuple:
 class SparsePlan:
     """A batch's layout and the masks that depend only on padding, shared by every SAL layer of an encoder.
 
-    Window mask ``[B*nq, 1, l, w+l]`` (or ``[B, 1, P, P]`` when ``dense_window``), block mask
+    Window mask ``[B*n_spans, 1, s, 2s]`` (or ``[B, 1, P, P]`` when ``dense_window``), block mask
     ``[B, 1, P, nq]`` (``P = nq*l``), selection candidates ``[B, nq, nq]``, and per-item realness ``[M]``.
     """
 
@@ -172,10 +167,10 @@ class SparsePlan:
             visible = causal_mask(layout.padded, device) & padded[:, None, None, :]  # [B, 1, P, P]
             self.window_mask, self.window_seen = additive_mask(visible, dtype)
         elif window:
-            fronted = torch.cat([padded.new_zeros(layout.window), self.real])
-            key_real = layout.windows(fronted).view(batch, nq, layout.window + size)
-            key_ok = key_real & same_row_mask(nq, size, layout.window, device)
-            visible = key_ok.view(-1, 1, 1, layout.window + size) & window_band_mask(size, layout.window, device)
+            span = layout.span
+            spans = padded.view(batch, layout.n_spans, span)
+            key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
+            visible = key_ok.view(-1, 1, 1, 2 * span) & window_band_mask(span, layout.window, device)
             self.window_mask, self.window_seen = additive_mask(visible, dtype)
         self.valid = padded.view(batch, nq, size).any(-1)  # [B, nq]: the block holds a real item
         visible = complete_block_mask(layout.padded, nq, size, device) & self.valid[:, None, None, :]  # [B, 1, P, nq]
@@ -221,6 +216,31 @@ class BlockCompressor(nn.Module):
 
     def forward(self, blocks: torch.Tensor) -> torch.Tensor:
         return (blocks * self.position_weight).sum(-2)
+
+
+class UniformDropout(nn.Module):
+    """Inverted dropout, like ``nn.Dropout``: each element kept with probability ``1 - p`` and scaled by ``1 / (1 - p)``.
+
+    The keep mask comes from ``torch.rand`` (``u >= p``) instead of ``bernoulli_``, whose CPU sampler takes
+    about three times as long; on a ``[32, 1024, 64]`` activation that is ~15 ms a call, ~10% of a MUFASA
+    training step. Same distribution, different random stream.
+    """
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p == 1.0:
+            return x * 0.0
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class GatedSum(torch.autograd.Function):
@@ -285,6 +305,30 @@ class SplitProjection(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, None
 
 
+class SpanPairs(torch.autograd.Function):
+    """``[B, n, s, C] -> [B, n, 2s, C]``: span ``k``'s rows are span ``k-1`` (zeros for ``k = 0``), then span ``k``.
+
+    A 2x copy whose backward is one add, where an ``unfold`` view would hand SDPA strided keys and pay for
+    them in ``unfold_backward``.
+    """
+
+    @staticmethod
+    def forward(ctx, spans):
+        batch, n, span, channels = spans.shape
+        out = spans.new_empty(batch, n, 2 * span, channels)
+        out[:, :, span:] = spans
+        out[:, 1:, :span] = spans[:, :-1]
+        out[:, :1, :span] = 0.0
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        span = grad.shape[2] // 2
+        grad_spans = grad[:, :, span:].clone()
+        grad_spans[:, :-1] += grad[:, 1:, :span]
+        return grad_spans
+
+
 class StraightThroughGate(torch.autograd.Function):
     """``values * (1 + offset - stop_grad(offset))`` without the multiply: forward is the identity, backward
     passes the values' gradient through and gives ``offset`` the gradient of a gate on its slot.
@@ -301,8 +345,10 @@ class StraightThroughGate(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (values,) = ctx.saved_tensors
-        per_key = torch.linalg.vecdot(grad, values).sum(1)  # [N, ns*l]
-        return grad, per_key.view(per_key.shape[0], ctx.n_slots, -1).sum(-1)
+        rows, n_slots = values.shape[0], ctx.n_slots
+        # one dot product per slot over its keys, heads and channels ([N, ns*l, H, dh] memory: a view)
+        flat_grad, flat_values = (x.transpose(1, 2).reshape(rows * n_slots, 1, -1) for x in (grad, values))
+        return grad, torch.bmm(flat_grad, flat_values.transpose(1, 2)).view(rows, n_slots)
 
 
 # ----- the layer ----------------------------------------------------------------------------------
@@ -318,8 +364,8 @@ class SparseAttentionAlignment(nn.Module):
     An encoder passes one :class:`SparsePlan` (from :meth:`plan`) to all its layers.
 
     Speed: one GEMM projects every item to its query, window and selected keys/values and gate logits
-    (split by views); masks come additive from the plan; the window branch reads its keys through an
-    ``unfold`` view (SDPA takes the strides, no copy), or is one causal SDPA call when ``L <= w``.
+    (split by views); masks come additive from the plan; the window branch is block-banded (spans
+    against span pairs, :class:`SpanPairs`), or one causal SDPA call when ``L <= w``.
     ``torch.nn.attention.flex_attention`` would express the whole pattern as one ``BlockMask``, but
     in torch 2.13 it has no backward on the CPU, so training cannot use it there.
     """
@@ -391,9 +437,10 @@ class SparseAttentionAlignment(nn.Module):
             n, _, n_queries, n_keys = mask.shape
             group = query_group or n_queries
             drop = torch.rand(n, 1, n_queries // group, 1, n_keys, device=mask.device) < dropout
-            dropped = mask.view(n, 1, n_queries // group, group, n_keys).masked_fill(drop, float("-inf")).view_as(mask)
-            mask = torch.where(torch.isinf(dropped).all(-1, keepdim=True), mask, dropped)
-            dropout = 0.0
+            dropped = mask.view(n, 1, n_queries // group, group, n_keys).masked_fill(drop, float("-inf")).view(-1, n_keys)
+            lost = (dropped.amax(-1) == float("-inf")).nonzero().squeeze(1)  # rows that lost every key they saw
+            dropped[lost] = mask.reshape(-1, n_keys)[lost]
+            mask, dropout = dropped.view_as(mask), 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
     def plan(self, real: torch.Tensor, dtype=torch.float32) -> SparsePlan:
@@ -420,10 +467,9 @@ class SparseAttentionAlignment(nn.Module):
     # ----- sparse branches ----------------------------------------------------------------------------
     # Each returns its output [B, nq, l, H, dh] (SDPA's output memory is [batch, queries, H, dh]).
 
-    def _project(self, flat: torch.Tensor, front: int) -> Dict[str, torch.Tensor]:
-        """One GEMM for the per-item projections of ``flat [front + M, d]``: ``{"query", "window_key",
-        "window_value", "select_key", "select_value", "gate"}``, views of its output; only the window's keys and
-        values keep the ``front`` rows."""
+    def _project(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One GEMM for the per-item projections of ``flat [M, d]``: ``{"query", "window_key",
+        "window_value", "select_key", "select_value", "gate"}``, views of its output."""
         names, weights, biases = ["query"], [self.query.weight], [self.query.bias]
         if "window" in self.branches:
             linear = self.key_value["window"]
@@ -438,11 +484,11 @@ class SparseAttentionAlignment(nn.Module):
         names.append("gate")
         weights.append(self.gate.weight)
         biases.append(self.gate.bias)
-        pieces = tuple((0 if n.startswith("window") else front, w.shape[0]) for n, w in zip(names, weights))
+        pieces = tuple((0, w.shape[0]) for w in weights)
         return dict(zip(names, SplitProjection.apply(flat, torch.cat(weights), torch.cat(biases), pieces)))
 
     def _window(self, plan: SparsePlan, q, key, value):
-        """Keys in ``(t - w, t]``: each query block against the ``w + l`` items ending with it."""
+        """Keys in ``(t - w, t]``: each span of ``s >= w`` queries against the ``2s`` items of its span pair."""
         layout = plan.layout
         batch, nq, size = layout.batch, layout.n_blocks, layout.size
         if layout.dense_window:  # the window is the whole causal row: one SDPA call per row
@@ -450,9 +496,10 @@ class SparseAttentionAlignment(nn.Module):
                             for x in (q, key, value))
             out = self._sdpa(q_rows, k, v, plan.window_mask, size)  # [B, H, P, dh]
         else:
-            q_blocks = self._split_heads(q).view(batch * nq, size, self.n_heads, -1).transpose(1, 2)  # [B*nq, H, l, dh]
-            k, v = (layout.windows(x).unflatten(1, (self.n_heads, self.head_dim)).transpose(-1, -2) for x in (key, value))
-            out = self._sdpa(q_blocks, k, v, plan.window_mask, size)  # keys [B*nq, H, w+l, dh]
+            span = layout.span
+            q_spans = self._split_heads(q).view(batch * layout.n_spans, span, self.n_heads, -1).transpose(1, 2)  # [B*n_spans, H, s, dh]
+            k, v = (self._split_heads(layout.span_pairs(x)).transpose(1, 2) for x in (key, value))  # [B*n_spans, H, 2s, dh]
+            out = self._sdpa(q_spans, k, v, plan.window_mask, size)
         return out.transpose(1, 2).reshape(batch, nq, size, self.n_heads, -1)
 
     def _compress(self, plan: SparsePlan, rows):
@@ -520,8 +567,8 @@ class SparseAttentionAlignment(nn.Module):
         slots, slot_ok, bias = self._choose(plan, importance)
         n_slots = slots.shape[-1]
         index = layout.block_index(slots)  # [B, nq, ns]
-        keys, values = (x.view(batch * nq, size, self.n_heads, -1)[index].view(batch * nq, n_slots * size, self.n_heads, -1)
-                        .transpose(1, 2) for x in (key, value))  # [B*nq, H, ns*l, dh]
+        keys, values = (x.view(batch * nq, size, self.n_heads, -1).index_select(0, index.view(-1))
+                        .view(batch * nq, n_slots * size, self.n_heads, -1).transpose(1, 2) for x in (key, value))  # [B*nq, H, ns*l, dh]
         if bias is not None:
             values = StraightThroughGate.apply(values, bias.view(batch * nq, n_slots))
         key_ok = plan.real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
@@ -540,8 +587,8 @@ class SparseAttentionAlignment(nn.Module):
         real = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device) if key_padding_mask is None else key_padding_mask.bool()
         plan = self.plan(real, hidden.dtype)
         flat = plan.layout.flatten(hidden)
-        q = self._project(flat, plan.layout.front)["query"]
-        k_cmp, _ = self._compress(plan, F.pad(hidden, (0, 0, 0, plan.layout.padded - plan.layout.length)))
+        q = self._project(flat)["query"]
+        k_cmp, _ = self._compress(plan, flat.view(plan.layout.batch, plan.layout.padded, -1))
         q_first = self._split_heads(q).view(plan.layout.batch, plan.layout.n_blocks, plan.layout.size, self.n_heads, -1)[:, :, 0]
         slots, slot_ok, _ = self._choose(plan, self._importance(plan, q_first, k_cmp))
         return slots.masked_fill(~slot_ok, -1)
@@ -550,10 +597,9 @@ class SparseAttentionAlignment(nn.Module):
         """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
         layout = plan.layout
         blocked = (layout.batch, layout.n_blocks, layout.size)
-        flat = layout.flatten(hidden)  # [front + M, d]
-        rows = hidden if layout.padded == layout.length else F.pad(hidden, (0, 0, 0, layout.padded - layout.length))
-        front = layout.front
-        parts = self._project(flat, front)  # [M, ...] each; the window's keys/values [front + M, 2d]
+        flat = layout.flatten(hidden)  # [M, d]
+        rows = flat.view(layout.batch, layout.padded, -1)
+        parts = self._project(flat)  # [M, ...] each
         q = parts["query"]
         outputs, seen = {}, {}
         if "window" in self.branches:
@@ -615,7 +661,7 @@ class SparseTransformerLayer(nn.Module):
         self.outer = nn.Linear(inner_size, hidden_size)
         self.activation = ACTIVATIONS[hidden_act]
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = UniformDropout(hidden_dropout)
 
     def forward(self, hidden, key_padding_mask=None, plan=None):
         hidden = self.attention_norm(hidden + self.dropout(self.attention(hidden, key_padding_mask, plan=plan)))
