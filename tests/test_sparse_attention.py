@@ -258,6 +258,21 @@ def test_straight_through_gate_gradient_equals_autograd_of_its_definition():
         torch.testing.assert_close(a, b)
 
 
+def test_split_projection_gradients():
+    """Pieces of one Linear, one of them unused: gradcheck of the piece-by-piece backward."""
+    from recbole_mm.model.layers.sparse_attention import SplitProjection
+
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, requires_grad=True)
+
+    def used(x, weight, bias):  # the middle piece gets no gradient; the others leave as strided views
+        first, _, last = SplitProjection.apply(x, weight, bias, (2, 3, 2))
+        return first.square(), last.t()
+
+    assert torch.autograd.gradcheck(used, (x, weight, bias))
+
+
 def test_span_pairs_forward_and_backward():
     """Each span's rows are the previous span (zeros for a row's first) then its own; the backward is the adjoint."""
     from recbole_mm.model.layers.sparse_attention import SpanPairs

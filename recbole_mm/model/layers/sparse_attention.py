@@ -269,39 +269,36 @@ class GatedSum(torch.autograd.Function):
 
 
 class SplitProjection(torch.autograd.Function):
-    """One ``Linear`` over ``[rows, d]`` whose output is handed out as pieces ``out[row_start:, a:b]`` (views).
+    """One ``Linear`` over ``[rows, d]`` whose output is handed out as column pieces ``out[:, a:b]`` (views).
 
     Autograd's own slicing would give every piece a zero-filled gradient as large as the whole output;
-    here backward writes the pieces' gradients into one buffer and does the Linear's backward once.
-    ``pieces`` is a tuple of ``(row_start, width)``, laid out left to right over the output columns.
+    here backward runs the Linear's backward piece by piece, each GEMM reading its piece's gradient where
+    it lies (no gather into one buffer). ``widths`` are the pieces' column counts, left to right.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, pieces):
+    def forward(ctx, x, weight, bias, widths):
         ctx.save_for_backward(x, weight)
-        ctx.pieces = pieces
-        out = F.linear(x, weight, bias)
-        views, column = [], 0
-        for row_start, width in pieces:
-            views.append(out[row_start:, column:column + width])
-            column += width
-        return tuple(views)
+        ctx.widths = widths
+        return tuple(F.linear(x, weight, bias).split(widths, dim=1))
 
     @staticmethod
     def backward(ctx, *grads):
         x, weight = ctx.saved_tensors
-        grad_out = x.new_empty(x.shape[0], weight.shape[0])
-        column = 0
-        for (row_start, width), grad in zip(ctx.pieces, grads):
-            grad_out[:row_start, column:column + width] = 0.0
+        grad_x = None
+        grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[1] else None
+        grad_bias = weight.new_zeros(weight.shape[0]) if ctx.needs_input_grad[2] else None
+        stop = 0
+        for grad, width in zip(grads, ctx.widths):
+            start, stop = stop, stop + width
             if grad is None:
-                grad_out[row_start:, column:column + width] = 0.0
-            else:
-                grad_out[row_start:, column:column + width] = grad
-            column += width
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        grad_weight = grad_out.t() @ x if ctx.needs_input_grad[1] else None
-        grad_bias = grad_out.sum(0) if ctx.needs_input_grad[2] else None
+                continue
+            if ctx.needs_input_grad[0]:
+                grad_x = grad @ weight[start:stop] if grad_x is None else grad_x.addmm_(grad, weight[start:stop])
+            if grad_weight is not None:
+                torch.mm(grad.t(), x, out=grad_weight[start:stop])
+            if grad_bias is not None:
+                torch.sum(grad, 0, out=grad_bias[start:stop])
         return grad_x, grad_weight, grad_bias, None
 
 
@@ -484,8 +481,8 @@ class SparseAttentionAlignment(nn.Module):
         names.append("gate")
         weights.append(self.gate.weight)
         biases.append(self.gate.bias)
-        pieces = tuple((0, w.shape[0]) for w in weights)
-        return dict(zip(names, SplitProjection.apply(flat, torch.cat(weights), torch.cat(biases), pieces)))
+        widths = tuple(w.shape[0] for w in weights)
+        return dict(zip(names, SplitProjection.apply(flat, torch.cat(weights), torch.cat(biases), widths)))
 
     def _window(self, plan: SparsePlan, q, key, value):
         """Keys in ``(t - w, t]``: each span of ``s >= w`` queries against the ``2s`` items of its span pair."""
@@ -593,6 +590,25 @@ class SparseAttentionAlignment(nn.Module):
         slots, slot_ok, _ = self._choose(plan, self._importance(plan, q_first, k_cmp))
         return slots.masked_fill(~slot_ok, -1)
 
+    def _branch_outputs(self, plan: SparsePlan, parts, rows):
+        """Each branch's output ``[B, nq, l, H, dh]`` and the rows that see some key, one SDPA call each."""
+        layout = plan.layout
+        q = parts["query"]
+        outputs, seen = {}, {}
+        if "window" in self.branches:
+            outputs["window"], seen["window"] = self._window(plan, q, parts["window_key"], parts["window_value"]), plan.window_seen
+        importance = None
+        if "block" in self.branches or ("select" in self.branches and plan.any_candidate):
+            k_cmp, v_cmp = self._compress(plan, rows)
+            if "block" in self.branches:
+                outputs["block"], seen["block"] = self._block(plan, q, k_cmp, v_cmp), plan.block_seen
+            if "select" in self.branches and plan.any_candidate:
+                q_first = self._split_heads(q).view(layout.batch, layout.n_blocks, layout.size, self.n_heads, -1)[:, :, 0]
+                importance = self._importance(plan, q_first, k_cmp)
+        if "select" in self.branches:
+            outputs["select"], seen["select"] = self._select(plan, q, parts["select_key"], parts["select_value"], importance)
+        return outputs, seen
+
     def _sparse(self, hidden, plan: SparsePlan, gate_override) -> torch.Tensor:
         """Gated sum of the branches, ``[B, L, d]`` before the output projection."""
         layout = plan.layout
@@ -600,21 +616,7 @@ class SparseAttentionAlignment(nn.Module):
         flat = layout.flatten(hidden)  # [M, d]
         rows = flat.view(layout.batch, layout.padded, -1)
         parts = self._project(flat)  # [M, ...] each
-        q = parts["query"]
-        outputs, seen = {}, {}
-        if "window" in self.branches:
-            window = self._window(plan, q, parts["window_key"], parts["window_value"])
-            outputs["window"], seen["window"] = window, plan.window_seen
-        importance = None
-        if "block" in self.branches or ("select" in self.branches and plan.any_candidate):
-            k_cmp, v_cmp = self._compress(plan, rows)
-            if "block" in self.branches:
-                outputs["block"], seen["block"] = self._block(plan, q, k_cmp, v_cmp), plan.block_seen
-            if "select" in self.branches and plan.any_candidate:
-                q_first = self._split_heads(q).view(*blocked, self.n_heads, -1)[:, :, 0]
-                importance = self._importance(plan, q_first, k_cmp)
-        if "select" in self.branches:
-            outputs["select"], seen["select"] = self._select(plan, q, parts["select_key"], parts["select_value"], importance)
+        outputs, seen = self._branch_outputs(plan, parts, rows)
 
         # combine in the SDPA outputs' memory layout [B, nq, l, H, dh]; unseen rows are zeroed via the gate
         gates = torch.sigmoid(parts["gate"]).view(*blocked, self.n_heads, -1)  # [B, nq, l, H, n_branches]
