@@ -258,6 +258,16 @@ def test_straight_through_gate_gradient_equals_autograd_of_its_definition():
         torch.testing.assert_close(a, b)
 
 
+def test_gated_sum_gradients():
+    from recbole_mm.model.layers.sparse_attention import GatedSum
+
+    gates = torch.rand(2, 3, 2, 3, dtype=torch.float64, requires_grad=True)  # [..., H, n_branches]
+    outputs = [torch.randn(2, 3, 2, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    expected = sum(gates[..., i, None] * out for i, out in enumerate(outputs))
+    torch.testing.assert_close(GatedSum.apply(gates, *outputs), expected)
+    assert torch.autograd.gradcheck(GatedSum.apply, (gates, *outputs))
+
+
 def test_split_projection_gradients():
     """Pieces of one Linear, one of them unused: gradcheck of the piece-by-piece backward."""
     from recbole_mm.model.layers.sparse_attention import SplitProjection

@@ -252,19 +252,20 @@ class GatedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates, *outputs):
-        ctx.save_for_backward(gates, *outputs)
-        total = outputs[0] * gates[..., 0, None]
+        per_branch = gates.movedim(-1, 0).unsqueeze(-1).contiguous()  # [n_branches, ..., H, 1]: unit-stride broadcasts
+        ctx.save_for_backward(per_branch, *outputs)
+        total = outputs[0] * per_branch[0]
         for i, out in enumerate(outputs[1:], 1):
-            total.addcmul_(out, gates[..., i, None])
+            total.addcmul_(out, per_branch[i])
         return total
 
     @staticmethod
     def backward(ctx, grad):
-        gates, *outputs = ctx.saved_tensors
+        per_branch, *outputs = ctx.saved_tensors
         grad_gates = None
         if ctx.needs_input_grad[0]:
             grad_gates = torch.stack([torch.linalg.vecdot(grad, out) for out in outputs], -1)
-        grad_outputs = [grad * gates[..., i, None] if ctx.needs_input_grad[i + 1] else None for i in range(len(outputs))]
+        grad_outputs = [grad * per_branch[i] if ctx.needs_input_grad[i + 1] else None for i in range(len(outputs))]
         return (grad_gates, *grad_outputs)
 
 
