@@ -178,6 +178,15 @@ class SparsePlan:
         reach = min(select_reach, layout.window) if window else 0
         self.candidates = candidate_block_mask(nq, size, reach, device) & self.valid[:, None, :]  # [B, nq, nq]
         self.any_candidate = bool(self.candidates.any())  # False when L <= w + l: select sees its own block only
+        self.dtype, self._own_block = dtype, None
+
+    def own_block_mask(self) -> tuple:
+        """``(mask [B*nq, 1, l, l], seen)`` of a selection that is the own block alone (built once, for all layers)."""
+        if self._own_block is None:
+            size = self.layout.size
+            visible = self.real.view(-1, 1, 1, size) & causal_mask(size, self.real.device)
+            self._own_block = additive_mask(visible, self.dtype)
+        return self._own_block
 
 
 # ----- parameterised parts ------------------------------------------------------------------------
@@ -564,14 +573,19 @@ class SparseAttentionAlignment(nn.Module):
         batch, nq, size = layout.batch, layout.n_blocks, layout.size
         slots, slot_ok, bias = self._choose(plan, importance)
         n_slots = slots.shape[-1]
-        index = layout.block_index(slots)  # [B, nq, ns]
-        keys, values = (x.view(batch * nq, size, self.n_heads, -1).index_select(0, index.view(-1))
-                        .view(batch * nq, n_slots * size, self.n_heads, -1).transpose(1, 2) for x in (key, value))  # [B*nq, H, ns*l, dh]
-        if bias is not None:
-            values = StraightThroughGate.apply(values, bias.view(batch * nq, n_slots))
-        key_ok = plan.real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
-        visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, key_ok.device)
-        mask, seen = additive_mask(visible, q.dtype)  # [B*nq, 1, l, ns*l]
+        blocks = (x.view(batch * nq, size, self.n_heads, -1) for x in (key, value))
+        if n_slots == 1:  # the own block only (no candidate yet): keys are a view, the mask the plan's
+            keys, values = (x.transpose(1, 2) for x in blocks)
+            mask, seen = plan.own_block_mask()
+        else:
+            index = layout.block_index(slots)  # [B, nq, ns]
+            keys, values = (x.index_select(0, index.view(-1)).view(batch * nq, n_slots * size, self.n_heads, -1).transpose(1, 2)
+                            for x in blocks)  # [B*nq, H, ns*l, dh]
+            if bias is not None:
+                values = StraightThroughGate.apply(values, bias.view(batch * nq, n_slots))
+            key_ok = plan.real.view(-1, size)[index] & slot_ok[..., None]  # [B, nq, ns, l]
+            visible = key_ok.view(-1, 1, 1, n_slots * size) & selected_slots_mask(size, n_slots, key_ok.device)
+            mask, seen = additive_mask(visible, q.dtype)  # [B*nq, 1, l, ns*l]
         q_blocks = self._split_heads(q).view(batch * nq, size, self.n_heads, -1).transpose(1, 2)
         out = self._sdpa(q_blocks, keys, values, mask, size)
         return out.transpose(1, 2).reshape(batch, nq, size, self.n_heads, -1), seen.view(batch, nq, size, 1)
