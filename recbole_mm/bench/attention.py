@@ -10,7 +10,7 @@ Compares, at each sequence length and in one run:
 * ``sal``: ``SparseAttentionAlignment`` with all three branches, full-length sequences passed with a
   ``key_padding_mask`` (the path MUFASA uses).
 
-All dropouts are 0 and modules are in train mode; time = median of ``--repeats`` fwd+bwd steps after one
+All dropouts are 0 and modules are in train mode; time = median (``--stat min``: minimum) of ``--repeats`` fwd+bwd steps after one
 warm-up step. Beside each SAL/SDPA ratio stands the pattern's FLOP floor: the FLOPs SAL's sparse pattern
 needs as a fraction of dense causal attention's, with the projections of both counted (``floor``) and for
 the attention core alone (``core floor``), see :func:`flop_floor`; the gap between a time ratio and its
@@ -26,7 +26,7 @@ Linux only. Example::
 SASRecMM and MUFASA (and MUFASA with window-only SAL) on full-length histories, all models in one process
 and interleaved, so the ratios to SASRec hold on a shared machine::
 
-    python -m recbole_mm.bench.attention --train-step --lengths 32,512,1024 --batch 32 --threads 1
+    python -m recbole_mm.bench.attention --train-step --lengths 32,512,1024 --batch 32 --threads 1 --repeats 7 --stat min
 """
 
 import argparse
@@ -39,6 +39,7 @@ import tempfile
 import time
 
 IMPLS = ("recbole", "sdpa", "sal")
+STATS = {"median": statistics.median, "min": min}  # --stat: summary of a configuration's repeated timings
 TARGETS = {  # (baseline, length): (max time ratio, max memory ratio) that SAL aims for
     ("recbole", 1024): (0.1, 0.2),
     ("sdpa", 1024): (1.0, None),
@@ -56,6 +57,8 @@ def parse_args(argv=None):
     parser.add_argument("--block", type=int, default=16)
     parser.add_argument("--top", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stat", choices=sorted(STATS), default="median",
+                        help="how the --repeats timings of one configuration are summarised (min: least disturbed by load)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
     parser.add_argument("--out", help="also write the report to <out>/attention.md (where python -m recbole_mm.bench "
@@ -126,7 +129,7 @@ def build_step(impl, length, args):
 
 
 def measure(impl, length, args):
-    """``{"ms": median fwd+bwd milliseconds, "peak_mb": extra resident MB}`` of one configuration."""
+    """``{"ms": fwd+bwd milliseconds (``--stat`` of the repeats), "peak_mb": extra resident MB}`` of one configuration."""
     import torch
 
     if args.threads:
@@ -144,7 +147,7 @@ def measure(impl, length, args):
         step()
         times.append((time.perf_counter() - start) * 1000)
     peak_kb = _status_kb("VmHWM") - base_kb
-    return {"ms": statistics.median(times), "peak_mb": peak_kb / 1024, "threads": torch.get_num_threads()}
+    return {"ms": STATS[args.stat](times), "peak_mb": peak_kb / 1024, "threads": torch.get_num_threads()}
 
 
 # ----- FLOP floor ----------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ def step_batch(model, length, batch, seed=0):
 
 
 def train_steps(lengths, args):
-    """``{(label, length): median ms}`` of one training step, the models interleaved in each repeat."""
+    """``{(label, length): ms}`` of one training step (``--stat`` of the repeats), the models interleaved in each repeat."""
     import torch
 
     if args.threads:
@@ -243,7 +246,7 @@ def train_steps(lengths, args):
                     if repeat:
                         times[label].append((time.perf_counter() - start) * 1000)
             for label in models:
-                results[(label, length)] = statistics.median(times[label])
+                results[(label, length)] = STATS[args.stat](times[label])
             print(f"# L={length}: " + ", ".join(f"{k} {results[(k, length)]:.1f} ms" for k in models), file=sys.stderr, flush=True)
     return results
 
@@ -259,7 +262,7 @@ def train_step_report(results, lengths, args) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     settings = (f"training step (forward, backward, Adam) on full-length histories, batch {args.batch}, hidden {args.hidden}, "
                 f"{args.heads} heads, 2 layers, window {args.window}, block {args.block}, top {args.top}, "
-                f"{args.threads or 'default'} thread(s), median of {args.repeats}, models interleaved in one process")
+                f"{args.threads or 'default'} thread(s), {args.stat} of {args.repeats}, models interleaved in one process")
     return settings + "\n\n" + "\n".join(rows)
 
 
@@ -267,7 +270,7 @@ def train_step_report(results, lengths, args) -> str:
 
 
 def measure_interleaved(impls, length, args):
-    """``{impl: {"ms": median}}``: every implementation's steps alternate in this process."""
+    """``{impl: {"ms": --stat of the repeats}}``: every implementation's steps alternate in this process."""
     import torch
 
     if args.threads:
@@ -281,7 +284,7 @@ def measure_interleaved(impls, length, args):
             step()
             if repeat:
                 times[impl].append((time.perf_counter() - start) * 1000)
-    return {impl: {"ms": statistics.median(t), "threads": torch.get_num_threads()} for impl, t in times.items()}
+    return {impl: {"ms": STATS[args.stat](t), "threads": torch.get_num_threads()} for impl, t in times.items()}
 
 
 def run_worker(impl, length, argv):
@@ -395,7 +398,7 @@ def scaling_report(results, lengths, impls, args) -> str:
            else "each (implementation, length) in its own process; MB = peak extra resident memory (VmHWM - VmRSS)")
     parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
              f"block {args.block}, top {args.top}, attention dropout {args.dropout}, {threads} CPU threads, "
-             f"median of {args.repeats}; {how}", table(results, lengths, impls, args)]
+             f"{args.stat} of {args.repeats}; {how}", table(results, lengths, impls, args)]
     for baseline in ("recbole", "sdpa"):
         if baseline in impls and "sal" in impls:
             parts.append(f"SAL faster than {baseline} from L = {crossover(results, lengths, baseline)} (of {lengths})")
