@@ -45,6 +45,8 @@ class MUFASA(MultimodalSequentialRecommender):
     - one fusion per training step: the step's item vectors (the whole catalogue with CE) are built
       once and serve the history, the scores and the auxiliary losses; the frozen unit title vectors
       are a buffer computed at build time;
+    - hidden dropout draws its keep mask with ``torch.rand`` (``UniformDropout``: the distribution of
+      ``nn.Dropout`` with a cheaper CPU sampler, so a different random stream);
     - SAL is NSA-shaped (see recbole_mm/model/layers/sparse_attention.py); ``attention: dense``,
       ``sal_branches`` and ``select_outside_window`` are its switches, ``use_mfl: False`` the ID-only
       ablation.
