@@ -100,6 +100,31 @@ def test_sparse_matches_naive_reference(length, window, block, top, left, outsid
         torch.testing.assert_close(layer(x, real), naive_sal(layer, x, real), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("length,window,block,left", [(64, 8, 8, False), (61, 8, 4, True), (37, 5, 6, False)])
+def test_block_branch_in_query_chunks_matches_reference_and_one_call(monkeypatch, length, window, block, left):
+    """The block branch's query chunks (each against the blocks it may see) change nothing: outputs equal the
+    naive reference, and outputs and gradients equal the one-call path."""
+    from recbole_mm.model.layers import sparse_attention
+
+    layer = make_layer(window_size=window, block_size=block, top_blocks=3)
+    x = torch.randn(3, length, D)
+    real = padding_mask([length, length - 3, length // 2], length, left=left)
+    results = []
+    for chunk_blocks in (1, 10**6):  # every chunk as small as allowed (4 chunks), then one call
+        monkeypatch.setattr(sparse_attention, "CHUNK_BLOCKS", chunk_blocks)
+        plan = layer.plan(real)
+        assert len(plan.block_chunks) == (4 if chunk_blocks == 1 else 1)
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs, real, plan=plan)
+        out.square().sum().backward()
+        results.append((out, inputs.grad, layer.key_value["block"].weight.grad.clone()))
+        layer.zero_grad()
+    with torch.no_grad():
+        torch.testing.assert_close(results[0][0], naive_sal(layer, x, real), atol=1e-5, rtol=1e-4)
+    for chunked, single in zip(*results):
+        torch.testing.assert_close(chunked, single, atol=1e-5, rtol=1e-4)
+
+
 # ----- dense equivalence ---------------------------------------------------------------------------
 
 
