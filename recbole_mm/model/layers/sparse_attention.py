@@ -288,18 +288,19 @@ class GatedSum(torch.autograd.Function):
 
 
 class SplitProjection(torch.autograd.Function):
-    """One ``Linear`` over ``[rows, d]`` whose output is handed out as column pieces ``out[:, a:b]`` (views).
+    """One ``Linear`` over ``[rows, d]`` handed out as column pieces (``widths``, left to right), one GEMM each.
 
-    Autograd's own slicing would give every piece a zero-filled gradient as large as the whole output;
-    here backward runs the Linear's backward piece by piece, each GEMM reading its piece's gradient where
-    it lies (no gather into one buffer). ``widths`` are the pieces' column counts, left to right.
+    Each piece is its own contiguous ``[rows, width]`` tensor: the attention calls, the selected-block
+    gather and the window's span pairs then read unit-stride rows, not rows strided by the whole output
+    width (15% of the layer at L = 1024). Backward also goes piece by piece, each GEMM reading its piece's
+    gradient where it lies; a piece without gradient (unused) costs nothing.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, widths):
         ctx.save_for_backward(x, weight)
         ctx.widths = widths
-        return tuple(F.linear(x, weight, bias).split(widths, dim=1))
+        return tuple(F.linear(x, w, b) for w, b in zip(weight.split(widths), bias.split(widths)))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -379,8 +380,8 @@ class SparseAttentionAlignment(nn.Module):
     by constants (used to check that window-only SAL with ``w >= L`` equals dense causal attention).
     An encoder passes one :class:`SparsePlan` (from :meth:`plan`) to all its layers.
 
-    Speed: one GEMM projects every item to its query, window and selected keys/values and gate logits
-    (split by views); masks come additive from the plan; the window branch is block-banded (spans
+    Speed: one :class:`SplitProjection` projects every item to its query, window and selected
+    keys/values and gate logits (a contiguous tensor each); masks come additive from the plan; the window branch is block-banded (spans
     against span pairs, :class:`SpanPairs`), or one causal SDPA call when ``L <= w``.
     ``torch.nn.attention.flex_attention`` would express the whole pattern as one ``BlockMask``, but
     in torch 2.13 it has no backward on the CPU, so training cannot use it there.
@@ -484,8 +485,8 @@ class SparseAttentionAlignment(nn.Module):
     # Each returns its output [B, nq, l, H, dh] (SDPA's output memory is [batch, queries, H, dh]).
 
     def _project(self, flat: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """One GEMM for the per-item projections of ``flat [M, d]``: ``{"query", "window_key",
-        "window_value", "select_key", "select_value", "gate"}``, views of its output."""
+        """The per-item projections of ``flat [M, d]``: ``{"query", "window_key", "window_value", "select_key",
+        "select_value", "gate"}``, one :class:`SplitProjection`."""
         names, weights, biases = ["query"], [self.query.weight], [self.query.bias]
         if "window" in self.branches:
             linear = self.key_value["window"]
