@@ -160,7 +160,8 @@ class MultimodalTrainer(HistoryExclusion, Trainer):
         if self.rank == 0:
             state = self._checkpoint_state(epoch)
             state.update(extra)
-            torch.save(state, saved_model_file, pickle_protocol=4)
+            torch.save(state, saved_model_file + ".tmp", pickle_protocol=4)
+            os.replace(saved_model_file + ".tmp", saved_model_file)  # a kill mid-write leaves the old file whole
             if verbose:
                 self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
         self._barrier()

@@ -225,9 +225,12 @@ def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_
 
 
 @pytest.mark.slow
-def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, capsys):
-    row = runner.run_model("SASRec", "tiny", tiny_config(epochs=1), seed=3, max_batches=2, log_path="sasrec.log", threads=1)
+def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, capsys, tmp_path):
+    state = tmp_path / "state"
+    row = runner.run_model("SASRec", "tiny", tiny_config(epochs=1), seed=3, max_batches=2, log_path="sasrec.log", threads=1,
+                           state_dir=str(state))
     assert row["status"] == "ok", row["error"]
+    assert state.is_dir() and pipeline.last_checkpoint(str(state)) is None  # RecBole's trainer: nothing to resume
     assert row["threads"] == 1
     assert (row["model"], row["seed"], row["train_steps"], row["epochs"], len(row["valid_curve"])) == ("SASRec", 3, 2, 1, 1)
     assert 0.0 <= row["ndcg@10"] <= 1.0 and row["peak_rss_mb"] > 50 and row["params"] > 0
@@ -252,6 +255,42 @@ def test_a_child_that_dies_or_hangs_becomes_a_failed_row(tiny_config, monkeypatc
     monkeypatch.setattr(runner, "_WORKER_CODE", "import time; time.sleep(60)")
     hung = runner.run_model("SASRec", "tiny", tiny_config(), seed=5, timeout=1)
     assert hung["status"] == "failed" and hung["error"] == "TimeoutError: killed after 1 s" and hung["wall_s"] < 30
+
+
+@pytest.mark.slow
+def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(tiny_config, tmp_path, monkeypatch):
+    """A plugin model's run killed after its 2nd validation resumes from the checkpoint of epoch 1 and ends
+    with the uninterrupted run's curve, metrics and per-user NDCG; keeping the state changes nothing."""
+    job = dict(model="SASRecMM", dataset="tiny", config_dict=tiny_config(epochs=3, stopping_step=10), seed=7, data_path=None,
+               max_batches=None, cold_max_count=5, imports=(), progress=False, threads=1)
+    plain = pipeline.train_and_evaluate(**job)
+    straight = pipeline.train_and_evaluate(**job, state_dir=str(tmp_path / "straight"))
+    recorded = pipeline._EpochRecorder.on_valid
+
+    def killed_after_second_validation(self, epoch_idx, valid_score):
+        recorded(self, epoch_idx, valid_score)
+        if epoch_idx == 1:
+            raise KeyboardInterrupt  # what a kill looks like from here: nothing after this point runs
+
+    monkeypatch.setattr(pipeline._EpochRecorder, "on_valid", killed_after_second_validation)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.train_and_evaluate(**job, state_dir=str(tmp_path / "killed"))
+    monkeypatch.undo()
+    assert pipeline.last_checkpoint(str(tmp_path / "killed"))
+    resumed = pipeline.train_and_evaluate(**job, state_dir=str(tmp_path / "killed"))
+
+    assert plain["status"] == straight["status"] == resumed["status"] == "ok", resumed["error"]
+    assert (plain["resumed_at"], straight["resumed_at"], resumed["resumed_at"]) == ([], [], [2])
+    assert len(resumed["valid_curve"]) == resumed["epochs"] == 3
+    for row in (straight, resumed):
+        assert row["valid_curve"] == plain["valid_curve"]
+        assert (row["ndcg@10"], row["per_user"]) == (plain["ndcg@10"], plain["per_user"])
+
+
+def test_the_cache_gives_each_run_in_flight_its_own_state_folder(tmp_path):
+    cache = runner.RunCache(str(tmp_path / "runs"))
+    assert cache.state_dir("SASRecMM_seed1_abc") == str(tmp_path / "runs" / "SASRecMM_seed1_abc.resume")
+    assert pipeline.last_checkpoint(str(tmp_path)) is None
 
 
 USERS = [f"u{index:02d}" for index in range(40)]

@@ -7,9 +7,16 @@ trainers too), and returns one row: RecBole's test metrics, the validation NDCG@
 time per epoch and per step, full-sort inference time per user, trainable parameters, peak resident
 memory, cold-item metrics, both ranking protocols and per-user NDCG@10 (:mod:`.measure`).
 Process isolation, caching and timeouts are :mod:`.runner`'s.
+
+With a ``state_dir``, a run whose trainer writes per-epoch resumable checkpoints (the plugin
+models' :class:`recbole_mm.trainer.MultimodalTrainer`) keeps them there, with its epoch records;
+the same call after a kill continues from the last finished epoch and ends as the uninterrupted
+run would. RecBole's own trainers (the baselines) start over.
 """
 
 import contextlib
+import glob
+import json
 import os
 import shutil
 import sys
@@ -53,6 +60,7 @@ def new_row(model: str, dataset: str, seed: int) -> dict:
         "best_valid": None,
         "best_epoch": None,
         "valid_curve": [],
+        "resumed_at": [],
         "epochs": 0,
         "train_steps": 0,
         "train_s_per_epoch": None,
@@ -94,8 +102,10 @@ def _scratch_run_dir(argv0: str):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches, cold_max_count, imports, progress, threads=None) -> dict:
-    """Never raises for a model failure: the error is recorded in the row instead."""
+def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches, cold_max_count, imports, progress, threads=None,
+                       state_dir=None) -> dict:
+    """Never raises for a model failure: the error is recorded in the row instead. ``state_dir``:
+    where the run's resumable state lives (see the module docstring); None trains in a scratch folder."""
     import importlib
 
     import torch
@@ -118,7 +128,9 @@ def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches
             config_dict["data_path"] = data_path
         with _scratch_run_dir(sys.argv[0]) as scratch:
             config_dict.setdefault("checkpoint_dir", os.path.join(scratch, "saved"))
-            _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count, report)
+            if state_dir:
+                config_dict = resumable_config(config_dict, state_dir)
+            _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count, report, state_dir)
         row["status"] = "ok"
     except Exception as exc:  # the model (or its config) failed: report, don't propagate
         row["status"] = "failed"
@@ -183,7 +195,26 @@ def build(model, dataset, config_dict):
     return config, net, trainer, (train_data, valid_data, test_data)
 
 
-def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count, say) -> None:
+RECORDS_FILE = "epochs.json"  # the epoch recorder's lists, beside the resumable checkpoints
+
+
+def last_checkpoint(state_dir: str) -> Optional[str]:
+    """The newest ``*-last.pth`` the plugin trainer wrote in ``state_dir``, or None."""
+    files = glob.glob(os.path.join(glob.escape(state_dir), "*-last.pth"))
+    return max(files, key=os.path.getmtime) if files else None
+
+
+def resumable_config(config_dict: dict, state_dir: str) -> dict:
+    """``config_dict`` with checkpoints kept in ``state_dir`` every epoch, resuming from the last one."""
+    os.makedirs(state_dir, exist_ok=True)
+    config_dict = dict(config_dict, checkpoint_dir=os.path.abspath(state_dir), checkpoint_every_epoch=True)
+    resume_file = last_checkpoint(state_dir)
+    if resume_file:
+        config_dict["resume_file"] = resume_file
+    return config_dict
+
+
+def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count, say, state_dir=None) -> None:
     """Train with RecBole's trainer (recording each epoch), test the best checkpoint, time scoring."""
     config, net, trainer, (train_data, valid_data, test_data) = build(model, dataset, config_dict)
     row["device"] = str(config["device"])
@@ -192,6 +223,8 @@ def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count,
     label = f"{model} seed {config['seed']}"
     say(f"{label}: {len(train_data)} train batches/epoch" + (f" (capped at {max_batches})" if max_batches else "") + f", device {row['device']}")
     recorder = _EpochRecorder(trainer, max_batches, label, config["epochs"], say)
+    if state_dir:
+        recorder.keep_in(os.path.join(state_dir, RECORDS_FILE), config["eval_step"])
     best_valid, _ = trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=recorder.on_valid)
     test_result = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     row.update({key: float(value) for key, value in test_result.items()})
@@ -262,6 +295,8 @@ class _EpochRecorder:
         self.epoch_seconds: List[float] = []
         self.epoch_steps: List[int] = []
         self.valid_curve: List[float] = []
+        self.resumed_at: List[int] = []  # epochs (1-based) a killed run continued from
+        self._records_path: Optional[str] = None
         self._epoch_start = 0.0
         self._last_heartbeat = 0.0
         original = trainer._train_epoch
@@ -275,6 +310,28 @@ class _EpochRecorder:
             return loss
 
         trainer._train_epoch = timed_train_epoch
+
+    def keep_in(self, path: str, eval_step: int) -> None:
+        """Write the records to ``path`` after every validation; continue those of a resumed run,
+        cut to the epochs its checkpoint holds (a kill can fall between the two writes)."""
+        self._records_path = path
+        start = int(getattr(self.trainer, "start_epoch", 0))
+        if start <= 0 or not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        self.epoch_seconds = saved["epoch_seconds"][:start]
+        self.epoch_steps = saved["epoch_steps"][:start]
+        self.valid_curve = saved["valid_curve"][: start // max(1, int(eval_step))]
+        self.resumed_at = saved.get("resumed_at", []) + [start + 1]
+        self.say(f"{self.label}: resumed after epoch {start} (valid ndcg@10 so far: {[round(v, 4) for v in self.valid_curve]})")
+
+    def _save_records(self) -> None:
+        records = {"epoch_seconds": self.epoch_seconds, "epoch_steps": self.epoch_steps,
+                   "valid_curve": self.valid_curve, "resumed_at": self.resumed_at}
+        with open(self._records_path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump(records, handle)
+        os.replace(self._records_path + ".tmp", self._records_path)
 
     def _heartbeat(self, done, total):
         now = time.perf_counter()
@@ -290,6 +347,8 @@ class _EpochRecorder:
             f"({self.epoch_steps[-1]} steps, loss {loss if loss is None else round(float(loss), 4)}), "
             f"valid ndcg@10 {valid_score:.4f} (best {max(self.valid_curve):.4f})"
         )
+        if self._records_path:
+            self._save_records()
 
     def summary(self) -> dict:
         seconds, steps = sum(self.epoch_seconds), sum(self.epoch_steps)
@@ -299,4 +358,5 @@ class _EpochRecorder:
             "train_steps": steps,
             "train_s_per_epoch": seconds / max(1, len(self.epoch_seconds)),
             "train_ms_per_step": 1000.0 * seconds / max(1, steps),
+            "resumed_at": list(self.resumed_at),
         }

@@ -10,7 +10,10 @@
 - :class:`RunCache` keeps one JSON row per finished run: ``<out>/<regime>/runs/<key>.json`` (with the
   run's log next to it), and reads the shipped rows of ``recbole_mm/bench/published/<regime>/runs/``
   too, so the tables of a checkout come back without retraining.
-- :func:`execute` runs a list of specs (cached ones are skipped), ``jobs`` processes at a time.
+- :func:`execute` runs a list of specs (cached ones are skipped), ``jobs`` processes at a time. A
+  run in flight keeps its per-epoch state in ``<out>/<regime>/runs/<key>.resume/`` (plugin models),
+  so a killed invocation continues those runs from their last finished epoch; the folder goes once
+  the run's row is written.
 """
 
 import ast
@@ -18,6 +21,7 @@ import collections
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,6 +60,7 @@ def run_model(
     log_path: Optional[str] = None,
     progress: bool = True,
     threads: Optional[int] = None,
+    state_dir: Optional[str] = None,
 ) -> dict:
     """Train ``model`` on ``dataset`` with ``config_dict`` and seed ``seed``; return one row.
 
@@ -76,6 +81,9 @@ def run_model(
     - ``log_path``: where an isolated run's full output (RecBole's log) is written.
     - ``threads``: ``torch.set_num_threads`` for the run (default: torch's choice). On a shared
       CPU machine 1 thread can be several times faster than oversubscribed cores.
+    - ``state_dir``: keep the run's per-epoch resumable state here and continue from it when it is
+      there (plugin models; RecBole's trainers start over). ``resumed_at`` in the row lists the
+      epochs a run continued from.
 
     The row (never raises for a model failure) has ``model, dataset, seed, status ('ok' |
     'failed'), error`` (``"ExceptionType: message"``, empty when ok), RecBole's test metrics under
@@ -98,6 +106,8 @@ def run_model(
         "progress": progress,
         "threads": threads,
     }
+    if state_dir:
+        job["state_dir"] = os.path.abspath(state_dir)
     if not isolate:
         job["config_dict"].setdefault("state", "WARNING")  # RecBole's INFO log would flood this console
         return train_and_evaluate(**job)
@@ -331,6 +341,10 @@ class RunCache:
             row = load_row(os.path.join(self.published_dir, key + ".json"))
         return row
 
+    def state_dir(self, key: str) -> str:
+        """Where the run ``key`` keeps its resumable state while it is in flight."""
+        return os.path.join(self.runs_dir, key + ".resume")
+
     def put(self, key: str, row: dict) -> None:
         _write_row(self.path(key), row)
 
@@ -391,12 +405,19 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
             row = dict(new_row(spec.model, spec.dataset, spec.seed), status="missing", error="not run yet",
                        uses_features=uses_features(spec.model))
         else:
-            say(f"{prefix}: running")
+            state_dir = cache.state_dir(key)
+            if fresh:
+                shutil.rmtree(state_dir, ignore_errors=True)
+            resuming = os.path.isdir(state_dir)
+            say(f"{prefix}: {'resuming' if resuming else 'running'}")
             start = time.perf_counter()
-            row = run_model(spec.model, spec.dataset, spec.config, spec.seed, log_path=os.path.join(cache.runs_dir, key + ".log"), **options)
+            log_path = os.path.join(cache.runs_dir, key + (".resumed.log" if resuming else ".log"))
+            row = run_model(spec.model, spec.dataset, spec.config, spec.seed, log_path=log_path, state_dir=state_dir, **options)
             clock.ran(time.perf_counter() - start)
             row["point"] = spec.point
             cache.put(key, row)
+            if row["status"] == "ok":
+                shutil.rmtree(state_dir, ignore_errors=True)
             outcome = f"ok in {row['wall_s']:.0f} s" if row["status"] == "ok" else f"FAILED: {row['error']}"
             say(f"{prefix}: {outcome}{clock.eta()}")
         return dict(row, key=key, point=spec.point)
