@@ -68,3 +68,80 @@ def test_suite_runs_and_tables_the_variants(tiny_planted, tiny_config, tmp_path)
     assert "category noise 50%" in table
     ablation.write_outputs(cammsr.SUITE, str(tmp_path / "out"), rows, table)
     assert sorted(os.listdir(tmp_path / "out")) == ["cammsr.md", "cammsr_rows.json"]
+
+
+# ----- --regime: variants at the tuned point, several seeds, paired against the full model ----------
+
+
+def _fake_run_model(calls):
+    """run_model stand-in: 40 users whose NDCG rewards lr 0.003 and low dropout; no contrastive loss costs 0.05 each."""
+    from recbole_mm.bench import pipeline
+
+    def run(model, dataset, config, seed=2020, data_path=None, **options):
+        calls.append((model, seed, dict(config)))
+        base = config["learning_rate"] * 10 - config["hidden_dropout_prob"] / 10 + seed / 1e6
+        base -= 0.05 if config.get("cl_weight") == 0.0 else 0.0
+        scores = [base + (0.01 if user % 2 else -0.01) for user in range(40)]
+        row = dict(pipeline.new_row(model, dataset, seed), status="ok", best_valid=base, uses_features=True, wall_s=0.1,
+                   exclude_history=True, train_ms_per_step=10.0 if config.get("cl_weight") != 0.0 else 8.0,
+                   **{"ndcg@10": base, "full_ndcg@10": base, "excl_ndcg@10": base})
+        row["per_user"] = {"users": [str(user) for user in range(40)], "full": scores, "excl": scores}
+        return row
+
+    return run
+
+
+def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_paired(tiny_planted, tmp_path, monkeypatch):
+    import argparse
+    import dataclasses
+
+    from recbole_mm.bench import benchmark, runner, variants
+    from recbole_mm.bench.planted import planted_config
+    from recbole_mm.bench.profiles import DENSE
+
+    planted, data_path = tiny_planted
+    calls = []
+    monkeypatch.setattr(runner, "run_model", _fake_run_model(calls))
+    monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
+    table = benchmark.make_table("tiny", DENSE, str(tmp_path / "out"), name="dense", data_path=data_path,
+                                 base_config=planted_config(planted, data_path), published=True)
+    tuning = benchmark.tune(table, ["CAMMSR"])
+    benchmark.run_table(table, ["CAMMSR"], {"CAMMSR": tuning["CAMMSR"]["chosen"]}, tuning=tuning)
+    assert len(calls) == 4 + 2
+
+    args = argparse.Namespace(dataset="tiny")
+    names = ["CAMMSR", "w/o swap CL"]
+    summaries, text = variants.run(cammsr.SUITE, table, dataclasses.replace(table, run_missing=False), names, [2020, 2021], args,
+                                   publish=True)
+    new = calls[6:]
+    assert [(model, seed) for model, seed, _ in new] == [("CAMMSR", 2020), ("CAMMSR", 2021)]  # only the variant trained
+    assert all(c["cl_weight"] == 0.0 and c["learning_rate"] == 0.003 and c["hidden_dropout_prob"] == 0.2 for _, _, c in new)
+    assert summaries["CAMMSR"]["seeds_ok"] == summaries["w/o swap CL"]["seeds_ok"] == 2
+    assert summaries["w/o swap CL"]["ndcg_mean"] == pytest.approx(summaries["CAMMSR"]["ndcg_mean"] - 0.05)
+    row = next(line for line in text.splitlines() if line.startswith("| w/o swap CL |"))
+    assert "-0.0500 [-0.0500, -0.0500]" in row and "| worse |" in row and "0.80x" in row
+    assert "| CAMMSR | - | 2/2 |" in text and "reference" in text
+    assert len(os.listdir(tmp_path / "published" / "dense" / "runs")) == 4  # both variants' rows at seeds 2020-2021
+
+    with pytest.raises(SystemExit, match="include 'CAMMSR'"):
+        variants.run(cammsr.SUITE, table, table, ["w/o swap CL"], [2020], args)
+    with pytest.raises(SystemExit, match="own copy of the data"):
+        variants.run(cammsr.SUITE, table, table, ["CAMMSR", cammsr.NOISY], [2020], args)
+    with pytest.raises(SystemExit, match="--regime dense --models MUFASA"):
+        variants.run(mufasa.SUITE, table, dataclasses.replace(table, run_missing=False), ["MUFASA"], [2020], args)
+
+
+def test_a_variant_that_restates_a_default_shares_the_full_models_runs():
+    from recbole_mm.bench import variants
+
+    assert variants.effective_overrides("DMAE", {"dmae_mode": "lite", "dmae_hard_negs": 0}) == {"dmae_hard_negs": 0}
+    assert variants.effective_overrides("SASRec", {"learning_rate": 0.01}) == {"learning_rate": 0.01}
+
+
+def test_regime_mode_refuses_its_own_data_and_sizes(tiny_planted):
+    from recbole_mm.bench import variants
+
+    args = _args(cammsr.SUITE, tiny_planted, "--regime", "dense", "--variants", "CAMMSR")
+    assert args.regime == "dense" and args.seeds is None and not args.publish
+    with pytest.raises(SystemExit, match="--regime fixes the dataset"):
+        variants.main(cammsr.SUITE, args)

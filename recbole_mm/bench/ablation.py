@@ -22,7 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import yaml
 
 from recbole_mm.bench.runner import run_model
-from recbole_mm.bench.profiles import FIRST_SEED, get_profile, model_config
+from recbole_mm.bench.profiles import FIRST_SEED, REGIMES, get_profile, model_config
 
 Variants = Dict[str, Tuple[str, dict]]  # variant name -> (RecBole / plugin model, config overrides)
 
@@ -38,12 +38,14 @@ class AblationSuite:
     config_extras: dict = dataclasses.field(default_factory=dict)  # added to every variant's config
     default_max_len: Optional[int] = None  # None: the profile's MAX_ITEM_LIST_LENGTH
     reference: str = "SASRec"
+    full_variant: str = ""  # the variant the others are compared with under --regime (the model as shipped)
     # (flag, argparse kwargs) of script-specific options
     extra_options: Sequence[Tuple[str, dict]] = ()
     # (variant name, config, args) -> config: fix-ups that need the dataset or the CLI
     prepare_config: Optional[Callable[[str, dict, argparse.Namespace], dict]] = None
     # (args, variant name, config, scratch folder) -> data_path for that variant (None: args.data_path)
     data_path_for: Optional[Callable[[argparse.Namespace, str, dict, str], Optional[str]]] = None
+    own_data_variants: Sequence[str] = ()  # variants that data_path_for gives their own data (not under --regime)
     # (header, (variant name, row, all rows) -> cell text): one more column
     extra_column: Optional[Tuple[str, Callable[[str, dict, Dict[str, dict]], str]]] = None
     # args -> extra text for the settings line
@@ -65,6 +67,12 @@ COMMON_OPTIONS = (
     ("--set", dict(dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every variant (yaml value), repeatable")),
     ("--out", dict(help="write rows (JSON) and the table (markdown) into this folder")),
+    ("--regime", dict(choices=sorted(REGIMES), help="run the variants under this benchmark regime instead (its dataset, "
+                                                   "budget, protocol, cache and each model's tuned point; several seeds, "
+                                                   "paired CI against the full model): see recbole_mm.bench.variants")),
+    ("--seeds", dict(type=int, help="--regime: seeds per variant (default 2)")),
+    ("--publish", dict(action="store_true", help="--regime: ship the finished rows in recbole_mm/bench/published/")),
+    ("--report-only", dict(action="store_true", help="--regime: only the table of the runs already cached")),
 )
 
 
@@ -176,6 +184,10 @@ def run_suite(suite: AblationSuite, args, isolate: bool = True) -> Tuple[Dict[st
 
 def main(suite: AblationSuite, argv=None) -> int:
     args = parse_args(suite, argv)
+    if args.regime:
+        from recbole_mm.bench import variants  # the regime machinery is only loaded when asked for
+
+        return variants.main(suite, args)
     rows, table = run_suite(suite, args)
     print(table)
     if args.out:

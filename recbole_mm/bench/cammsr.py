@@ -129,6 +129,7 @@ def drop_vs_clean(name: str, row: dict, rows: dict) -> str:
 SUITE = ablation.AblationSuite(
     name="cammsr",
     description=__doc__,
+    full_variant=CLEAN,
     variants={
         "SASRec": ("SASRec", {}),
         "SASRecMM": ("SASRecMM", {}),
@@ -155,6 +156,7 @@ SUITE = ablation.AblationSuite(
     extra_options=(("--noise", dict(type=float, default=0.2, help="share of items whose category is replaced at random")),),
     prepare_config=first_modality_only,
     data_path_for=noisy_data_path,
+    own_data_variants=tuple(NOISE_BASELINE),
     extra_column=("NDCG@10 drop vs CAMMSR", drop_vs_clean),
     settings_extra=lambda args: f"category noise {args.noise:.0%}",
 )

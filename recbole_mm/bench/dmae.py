@@ -32,6 +32,7 @@ from recbole_mm.bench import ablation
 SUITE = ablation.AblationSuite(
     name="dmae",
     description=__doc__,
+    full_variant="DMAE-lite",
     variants={
         "SASRec": ("SASRec", {}),
         "SASRecMM": ("SASRecMM", {}),

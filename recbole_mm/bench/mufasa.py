@@ -27,6 +27,7 @@ from recbole_mm.bench import ablation
 SUITE = ablation.AblationSuite(
     name="mufasa",
     description=__doc__,
+    full_variant="MUFASA",
     default_max_len=200,
     variants={
         "SASRec": ("SASRec", {}),

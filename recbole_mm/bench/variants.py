@@ -1,0 +1,183 @@
+"""Ablation variants under a benchmark regime: each variant at its model's tuned point, several
+seeds, compared with the full model on paired per-user NDCG@10.
+
+``python -m recbole_mm.bench.cammsr --regime dense`` (and ``bench.mufasa`` / ``bench.dmae``) runs
+the suite's variants through the regime's own table: its dataset, budget and ranking protocol, the
+point each model chose on the tuning regime's grid, the regime's cache (finished runs are reused,
+a run in flight resumes, ``--publish`` ships the rows). A variant changes only its overrides on top
+of that; the full model's runs are the regime's own rows. The table gives, per variant, NDCG@10
+(mean +- std over seeds) and the seed-averaged per-user difference to the full model with its paired
+bootstrap 95% CI and verdict (:mod:`recbole_mm.bench.stats`), and the training step time as a ratio.
+"""
+
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from recbole_mm import resources
+from recbole_mm.bench import benchmark, stats
+from recbole_mm.bench.pipeline import say
+from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
+from recbole_mm.bench.runner import RunSpec, execute, model_fingerprint
+
+DEFAULT_SEEDS = 2
+
+
+def model_defaults(model: str) -> dict:
+    """The plugin's yaml defaults of ``model`` ({} for RecBole's models)."""
+    path = resources.model_yaml(model)
+    if not path:
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def effective_overrides(model: str, overrides: dict) -> dict:
+    """``overrides`` without the keys that only restate the model's default (so a variant equal to
+    the full model shares its cached runs)."""
+    defaults = model_defaults(model)
+    return {key: value for key, value in overrides.items() if key not in defaults or defaults[key] != value}
+
+
+def check_shared_data(suite, names: Sequence[str]) -> None:
+    """Every variant must train on the regime's own data: one that needs a data copy is refused."""
+    own = [name for name in names if name in suite.own_data_variants]
+    if own:
+        raise SystemExit(f"variant(s) {own} train on their own copy of the data: run them without --regime")
+
+
+def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], seeds: Sequence[int], args) -> List[Tuple[str, RunSpec]]:
+    """``[(variant, spec)]``: every variant x seed at its model's tuned point, under the regime's config."""
+    specs = []
+    for name in names:
+        model, overrides = suite.variants[name]
+        point = tuning[model]["chosen"]
+        config = {**table.config(model, point), **effective_overrides(model, overrides)}
+        if suite.prepare_config:
+            config = suite.prepare_config(name, config, args)
+        fingerprints = {"data": table.data_fingerprint, "model": model_fingerprint(model)}
+        specs += [(name, RunSpec(model, table.dataset, config, seed, point, fingerprints)) for seed in seeds]
+    return specs
+
+
+def _headline(row: dict) -> str:
+    return "excl" if row.get("exclude_history") else "full"
+
+
+def summarize_variant(rows: List[dict]) -> dict:
+    """Seeds finished, NDCG@10 mean / std under the run's headline protocol, per-user seed average, step time."""
+    ok = [row for row in rows if row.get("status") == "ok"]
+    summary = {"seeds": len(rows), "seeds_ok": len(ok), "errors": sorted({row.get("error", "") for row in rows if row not in ok})}
+    if not ok:
+        return summary
+    protocol = _headline(ok[0])
+    scores = [row[f"{protocol}_ndcg@10"] for row in ok]
+    summary.update(
+        protocol=protocol,
+        ndcg_mean=float(np.mean(scores)),
+        ndcg_std=float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
+        per_user=stats.seed_average([row.get("per_user") for row in ok], protocol),
+        ms_per_step=float(np.mean([row["train_ms_per_step"] for row in ok])),
+    )
+    return summary
+
+
+def compare_with(summary: dict, reference: dict):
+    """Paired comparison of two variants' seed-averaged per-user NDCG@10, or None."""
+    if not summary.get("per_user") or not reference.get("per_user"):
+        return None
+    a, b = stats.paired_arrays(summary["per_user"], reference["per_user"])
+    return stats.compare_paired(a, b) if len(a) else None
+
+
+def _change_text(change: dict, limit: int = 80) -> str:
+    text = ", ".join(f"{key}={value}" for key, value in change.items()) or "-"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, seeds: Sequence[int]) -> str:
+    header = ["Variant", "Change", "Seeds", "NDCG@10", f"Δ vs {reference} [95% CI]", "Wilcoxon p", "Verdict",
+              "Train ms/step", f"vs {reference}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    ref = summaries.get(reference, {})
+    for name, summary in summaries.items():
+        change = suite.variants[name][1]
+        cells = [name, _change_text(change),
+                 f"{summary['seeds_ok']}/{summary['seeds']}"]
+        if not summary["seeds_ok"]:
+            lines.append("| " + " | ".join(cells + ["-"] * 5 + ["; ".join(summary["errors"])[:120] or "not run"]) + " |")
+            continue
+        cells.append(f"{summary['ndcg_mean']:.4f} ± {summary['ndcg_std']:.4f}")
+        result = None if name == reference else compare_with(summary, ref)
+        if name == reference:
+            cells += ["reference", "-", "-"]
+        elif result:
+            p_value = "-" if result["wilcoxon_p"] is None else f"{result['wilcoxon_p']:.2g}"
+            cells += [f"{result['diff']:+.4f} [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]", p_value, result["verdict"]]
+        else:
+            cells += ["-", "-", "-"]
+        cells.append(f"{summary['ms_per_step']:.1f}")
+        cells.append(f"{summary['ms_per_step'] / ref['ms_per_step']:.2f}x" if ref.get("ms_per_step") else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    protocol = next((s["protocol"] for s in summaries.values() if s.get("protocol")), "full")
+    lines += ["", f"Regime `{regime}`, seeds {', '.join(map(str, seeds))}, each model at its tuned point; NDCG@10 under "
+              f"{'history-excluded' if protocol == 'excl' else 'RecBole'} ranking. Δ: per-user NDCG@10 minus {reference}'s "
+              "(each averaged over seeds first), paired bootstrap 95% CI over test users; the verdict comes from the CI. "
+              "Step times are means of whole runs that may have shared the CPU."]
+    return "\n".join(lines) + "\n"
+
+
+def regime_tables(regime: str, out: str, args):
+    """The regime's table and its tuning points (read from the tuning regime's cache)."""
+    changes = {key: value for key, value in dict(epochs=args.epochs, max_batches=args.max_batches).items() if value}
+    options = dict(threads=args.threads, timeout=args.timeout, jobs=args.jobs, run_missing=not args.report_only,
+                   profile_changes=changes)
+    table = benchmark.prepare_regime(regime, out, **options)
+    tuning_table = benchmark.prepare_regime(TUNING_REGIME, out, **dict(options, run_missing=False))
+    return table, tuning_table
+
+
+def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], args, publish: bool = False) -> Tuple[dict, str]:
+    """Train (or read) every variant x seed; return ``(summaries, markdown)``. ``publish`` ships the rows."""
+    if not suite.full_variant or suite.full_variant not in names:
+        raise SystemExit(f"--regime compares with the full model: include '{suite.full_variant}' in --variants")
+    check_shared_data(suite, names)
+    models = sorted({suite.variants[name][0] for name in names})
+    tuning = benchmark.tuned_points(tuning_table, models)
+    lacking = benchmark.missing_tuning(tuning) + [model for model, entry in tuning.items() if entry["chosen"] is None]
+    if lacking:
+        raise SystemExit(f"no tuned point for {', '.join(sorted(set(lacking)))}: run python -m recbole_mm.bench "
+                         f"--regime {TUNING_REGIME} --models {','.join(sorted(set(lacking)))} first")
+    specs = variant_specs(suite, table, tuning, names, seeds, args)
+    rows = execute([spec for _, spec in specs], table.cache, table.options, jobs=table.jobs, fresh=table.fresh,
+                   run_missing=table.run_missing)
+    if publish:
+        say(f"published {table.cache.publish([row['key'] for row in rows if row.get('key')])} runs to {table.cache.published_dir}")
+    grouped = {name: [] for name in names}
+    for (name, _), row in zip(specs, rows):
+        grouped[name].append(row)
+    summaries = {name: summarize_variant(group) for name, group in grouped.items()}
+    return summaries, markdown(suite, summaries, suite.full_variant, os.path.basename(table.results_dir), seeds)
+
+
+def main(suite, args) -> int:
+    """``--regime`` mode of a suite's command line: run, print and write ``<out>/<regime>/<suite>_ablation.md``."""
+    names = [part.strip() for part in args.variants.split(",") if part.strip()]
+    unknown = [name for name in names if name not in suite.variants]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(suite.variants)}")
+    out = args.out or "results"
+    if args.data_path or args.hidden_size:
+        raise SystemExit("--regime fixes the dataset and the model sizes: drop --data-path / --hidden-size")
+    table, tuning_table = regime_tables(args.regime, out, args)
+    args.dataset = table.dataset  # hooks (e.g. the single-modality variant) read the regime's dataset
+    seeds = list(range(FIRST_SEED, FIRST_SEED + (args.seeds or DEFAULT_SEEDS)))
+    _, text = run(suite, table, tuning_table, names, seeds, args, publish=args.publish)
+    print(text)
+    path = os.path.join(table.results_dir, f"{suite.name}_ablation.md")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    say(f"table: {path}")
+    return 0
