@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from fake_runs import fake_run_model, tuned_score
 from recbole_mm.bench import ablation, cammsr, dmae, mufasa
 
 
@@ -73,22 +74,9 @@ def test_suite_runs_and_tables_the_variants(tiny_planted, tiny_config, tmp_path)
 # ----- --regime: variants at the tuned point, several seeds, paired against the full model ----------
 
 
-def _fake_run_model(calls):
-    """run_model stand-in: 40 users whose NDCG rewards lr 0.003 and low dropout; no contrastive loss costs 0.05 each."""
-    from recbole_mm.bench import pipeline
-
-    def run(model, dataset, config, seed=2020, data_path=None, **options):
-        calls.append((model, seed, dict(config)))
-        base = config["learning_rate"] * 10 - config["hidden_dropout_prob"] / 10 + seed / 1e6
-        base -= 0.05 if config.get("cl_weight") == 0.0 else 0.0
-        scores = [base + (0.01 if user % 2 else -0.01) for user in range(40)]
-        row = dict(pipeline.new_row(model, dataset, seed), status="ok", best_valid=base, uses_features=True, wall_s=0.1,
-                   exclude_history=True, train_ms_per_step=10.0 if config.get("cl_weight") != 0.0 else 8.0,
-                   **{"ndcg@10": base, "full_ndcg@10": base, "excl_ndcg@10": base})
-        row["per_user"] = {"users": [str(user) for user in range(40)], "full": scores, "excl": scores}
-        return row
-
-    return run
+def _without_contrastive_loss_costs(config, seed):
+    """The tuned score, 0.05 lower when the contrastive loss is off."""
+    return tuned_score(config, seed) - (0.05 if config.get("cl_weight") == 0.0 else 0.0)
 
 
 def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_paired(tiny_planted, tmp_path, monkeypatch):
@@ -101,7 +89,8 @@ def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_pair
 
     planted, data_path = tiny_planted
     calls = []
-    monkeypatch.setattr(runner, "run_model", _fake_run_model(calls))
+    monkeypatch.setattr(runner, "run_model", fake_run_model(
+        calls, _without_contrastive_loss_costs, users=40, spread=0.01, ms_per_step=lambda c: 8.0 if c.get("cl_weight") == 0.0 else 10.0))
     monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
     table = benchmark.make_table("tiny", DENSE, str(tmp_path / "out"), name="dense", data_path=data_path,
                                  base_config=planted_config(planted, data_path), published=True)

@@ -9,6 +9,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_trainer
 
 from conftest import build_run
+from fake_runs import fake_run_model
 from recbole_mm.evaluation import HistoryExclusion, history_mask, with_history_exclusion
 
 
@@ -162,22 +163,6 @@ def test_sparse_ml100k_mm_has_a_median_item_of_at_most_five_training_interaction
 # ----- tuning, cache, publishing --------------------------------------------------------------
 
 
-def _fake_run_model(calls):
-    """run_model stand-in: the validation score rewards lr 0.003 and low dropout (of whatever key the model uses)."""
-    from recbole_mm.bench import pipeline
-
-    def run(model, dataset, config, seed=2020, data_path=None, **options):
-        calls.append((model, seed, dict(config)))
-        dropout = config.get("hidden_dropout_prob", config.get("dropout_prob"))
-        score = config["learning_rate"] * 10 - dropout / 10 + seed / 1e6
-        row = dict(pipeline.new_row(model, dataset, seed), status="ok", best_valid=score, uses_features=False, wall_s=0.1,
-                   **{"ndcg@10": score, "full_ndcg@10": score, "excl_ndcg@10": score, "repeat_share": 0.0})
-        row["per_user"] = {"users": ["1", "2"], "full": [score, score], "excl": [score, score]}
-        return row
-
-    return run
-
-
 def test_tuning_picks_each_models_best_point_and_seeds_reuse_the_cache(tiny_planted, tmp_path, monkeypatch):
     from recbole_mm.bench import benchmark, runner
     from recbole_mm.bench.profiles import DENSE
@@ -185,7 +170,7 @@ def test_tuning_picks_each_models_best_point_and_seeds_reuse_the_cache(tiny_plan
 
     planted, data_path = tiny_planted
     calls = []
-    monkeypatch.setattr(runner, "run_model", _fake_run_model(calls))
+    monkeypatch.setattr(runner, "run_model", fake_run_model(calls))
     monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
     table = benchmark.make_table("tiny", DENSE, str(tmp_path / "out"), name="dense", data_path=data_path,
                                  base_config=planted_config(planted, data_path), published=True, jobs=2)
