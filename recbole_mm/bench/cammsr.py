@@ -145,6 +145,10 @@ SUITE = ablation.AblationSuite(
         "w/o synergy experts": ("CAMMSR", {"synergy_experts": False}),
         "CL w/o false-negative mask": ("CAMMSR", {"cl_false_negatives": False}),
         "swap re-runs experts": ("CAMMSR", {"swap_mode": "sources"}),
+        "DyT input (no LayerNorm input)": ("CAMMSR", {"input_norm": "dyt"}),
+        "synergy w/o residual": ("CAMMSR", {"synergy_residual": False}),
+        "CL w/o warm-up": ("CAMMSR", {"cl_warmup_steps": 0}),
+        "CL on all rows": ("CAMMSR", {"cl_rows": 1.0}),
         "first-version settings": ("CAMMSR", FIRST_VERSION),
         PRIOR: ("CAMMSR", {"category_prior": True}),
         SINGLE: ("CAMMSR", {}),  # the first modality alone (first_modality_only)
