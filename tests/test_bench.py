@@ -287,10 +287,16 @@ def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(tiny_c
         assert (row["ndcg@10"], row["per_user"]) == (plain["ndcg@10"], plain["per_user"])
 
 
-def test_the_cache_gives_each_run_in_flight_its_own_state_folder(tmp_path):
+def test_the_cache_gives_each_run_in_flight_its_own_state_folder_and_a_resumed_run_extends_its_log(tmp_path):
     cache = runner.RunCache(str(tmp_path / "runs"))
     assert cache.state_dir("SASRecMM_seed1_abc") == str(tmp_path / "runs" / "SASRecMM_seed1_abc.resume")
-    assert pipeline.last_checkpoint(str(tmp_path)) is None
+    assert pipeline.last_checkpoint(str(tmp_path)) is None and pipeline.last_checkpoint(str(tmp_path / "none")) is None
+    log = tmp_path / "run.log"
+    for lines, append in ((["first attempt\n"], False), (["[bench] resumed\n"], True)):
+        runner._relay_output(types.SimpleNamespace(stdout=iter(lines)), str(log), progress=False, append=append)
+    assert log.read_text() == "first attempt\n[bench] resumed\n"
+    runner._relay_output(types.SimpleNamespace(stdout=iter(["fresh\n"])), str(log), progress=False)
+    assert log.read_text() == "fresh\n"
 
 
 USERS = [f"u{index:02d}" for index in range(40)]

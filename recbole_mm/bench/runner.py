@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
-from recbole_mm.bench.pipeline import PROGRESS_PREFIX, error_text, new_row, say, train_and_evaluate, uses_features
+from recbole_mm.bench.pipeline import PROGRESS_PREFIX, error_text, last_checkpoint, new_row, say, train_and_evaluate, uses_features
 
 DEFAULT_COLD_MAX_COUNT = 5
 CACHE_VERSION = 2  # bumped when a row's content changes meaning (v2: both ranking protocols, per-user NDCG)
@@ -78,7 +78,8 @@ def run_model(
       this many training sequences.
     - ``imports``: modules to import first (e.g. one that registers your own model).
     - ``timeout``: seconds before an isolated run is killed and reported failed.
-    - ``log_path``: where an isolated run's full output (RecBole's log) is written.
+    - ``log_path``: where an isolated run's full output (RecBole's log) is written (appended to when
+      the run resumes from ``state_dir``).
     - ``threads``: ``torch.set_num_threads`` for the run (default: torch's choice). On a shared
       CPU machine 1 thread can be several times faster than oversubscribed cores.
     - ``state_dir``: keep the run's per-epoch resumable state here and continue from it when it is
@@ -111,7 +112,8 @@ def run_model(
     if not isolate:
         job["config_dict"].setdefault("state", "WARNING")  # RecBole's INFO log would flood this console
         return train_and_evaluate(**job)
-    return _run_isolated(job, timeout=timeout, log_path=log_path, progress=progress)
+    resuming = bool(state_dir) and last_checkpoint(state_dir) is not None
+    return _run_isolated(job, timeout=timeout, log_path=log_path, progress=progress, append=resuming)
 
 
 def _absolute_paths(config_dict: dict) -> dict:
@@ -132,7 +134,7 @@ def _child_env() -> dict:
     return env
 
 
-def _run_isolated(job: dict, timeout: Optional[float], log_path: Optional[str], progress: bool) -> dict:
+def _run_isolated(job: dict, timeout: Optional[float], log_path: Optional[str], progress: bool, append: bool = False) -> dict:
     """Run ``job`` in ``python -c`` with a scratch cwd; relay progress, keep the output tail."""
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="recbole_mm_bench_") as scratch:
@@ -150,7 +152,7 @@ def _run_isolated(job: dict, timeout: Optional[float], log_path: Optional[str], 
         if timer:
             timer.start()
         try:
-            tail = _relay_output(process, log_path, progress)
+            tail = _relay_output(process, log_path, progress, append)
             returncode = process.wait()
         except BaseException:  # Ctrl-C: take the child down with us
             process.kill()
@@ -175,10 +177,11 @@ def _run_isolated(job: dict, timeout: Optional[float], log_path: Optional[str], 
     return row
 
 
-def _relay_output(process, log_path: Optional[str], progress: bool) -> List[str]:
-    """Copy the child's output to ``log_path``; echo its progress lines; return the last lines."""
+def _relay_output(process, log_path: Optional[str], progress: bool, append: bool = False) -> List[str]:
+    """Copy the child's output to ``log_path`` (after what it holds when ``append``); echo its progress
+    lines; return the last lines."""
     tail = collections.deque(maxlen=40)
-    log = open(log_path, "w", encoding="utf-8") if log_path else None
+    log = open(log_path, "a" if append else "w", encoding="utf-8") if log_path else None
     try:
         for line in process.stdout:
             tail.append(line)
@@ -408,11 +411,10 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
             state_dir = cache.state_dir(key)
             if fresh:
                 shutil.rmtree(state_dir, ignore_errors=True)
-            resuming = os.path.isdir(state_dir)
-            say(f"{prefix}: {'resuming' if resuming else 'running'}")
+            say(f"{prefix}: {'resuming' if last_checkpoint(state_dir) else 'running'}")
             start = time.perf_counter()
-            log_path = os.path.join(cache.runs_dir, key + (".resumed.log" if resuming else ".log"))
-            row = run_model(spec.model, spec.dataset, spec.config, spec.seed, log_path=log_path, state_dir=state_dir, **options)
+            row = run_model(spec.model, spec.dataset, spec.config, spec.seed, log_path=os.path.join(cache.runs_dir, key + ".log"),
+                            state_dir=state_dir, **options)
             clock.ran(time.perf_counter() - start)
             row["point"] = spec.point
             cache.put(key, row)
