@@ -352,6 +352,25 @@ def test_report_aggregates_seeds_tests_against_sasrec_and_reads_results_files(tm
     assert summary["MUFASA"]["full_vs_SASRec_verdict"] == "better" and float(summary["MUFASA"]["full_vs_SASRec_diff"]) == pytest.approx(0.15)
 
 
+def test_report_compares_the_feature_models_with_sasrecmm_too(tmp_path):
+    from recbole_mm.bench import report
+
+    rows = [_fake_run(model, seed, score) for model, score in (("SASRec", 0.10), ("SASRecMM", 0.20), ("CAMMSR", 0.15))
+            for seed in (1, 2)]
+    models = ["SASRec", "SASRecMM", "CAMMSR"]
+    markdown = open(report.write_report(str(tmp_path / "toy"), rows, models, _settings(models=models))["markdown"], encoding="utf-8").read()
+    section = markdown[markdown.index("### Feature models against SASRecMM"):]
+    header, table = _table_rows(section, "Model | Features | Tuned point")
+    against = {row[0]: dict(zip(header, row)) for row in table}
+    assert sorted(against) == ["CAMMSR", "SASRecMM"]  # ID-only models are not in it
+    assert against["SASRecMM"]["Δ vs SASRecMM [95% CI]"] == "reference"
+    assert against["CAMMSR"]["Verdict"] == "worse" and against["CAMMSR"]["Δ vs SASRecMM [95% CI]"].startswith("-0.0500 [-0.0500")
+    header, table = _table_rows(markdown, "Model | Features | Tuned point")
+    assert {row[0]: dict(zip(header, row)) for row in table}["CAMMSR"]["Verdict"] == "better"  # the SASRec table comes first
+    without = report.write_report(str(tmp_path / "plain"), rows[:2] + rows[4:], ["SASRec", "CAMMSR"], _settings(models=["SASRec", "CAMMSR"]))
+    assert "against SASRecMM" not in open(without["markdown"], encoding="utf-8").read()
+
+
 def test_report_tuning_grid_and_headline_protocol(tmp_path):
     from recbole_mm.bench import report
     from recbole_mm.bench.profiles import grid_points

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional
 CATEGORY_FEATURE_MODELS = ("FDSA", "SASRecF")
 # The reference model of the speed ratios.
 SPEED_REFERENCE = "SASRec"
+MULTIMODAL_REFERENCE = "SASRecMM"  # the feature models are also compared with SASRec plus features
 DEFAULT_MODELS = ("SASRec", "GRU4Rec", "BERT4Rec", "FDSA", "SASRecF", "SASRecMM", "MUFASA", "DMAE", "CAMMSR")
 FIRST_SEED = 2020
 

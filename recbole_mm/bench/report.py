@@ -5,7 +5,8 @@ tuning grid, speed ratios, plots; markdown and CSV.
 
 - ``results.md``: the headline table (NDCG@10 of each model at its tuned point under the regime's
   ranking protocol, seed mean +- std, mean per-user difference to SASRec with its paired bootstrap
-  95% CI, Wilcoxon p, verdict better / worse / tie from the CI), the same under the other protocol,
+  95% CI, Wilcoxon p, verdict better / worse / tie from the CI), the feature models against SASRecMM
+  the same way (when it is in the table), the same under the other protocol,
   the share of test targets that repeat the input history, the full quality table (Recall / NDCG
   @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), cold items, history items,
   features vs ID-only, speed ratios, the tuning grid, MUFASA's attention scaling results file
@@ -26,7 +27,7 @@ import pandas as pd
 
 from recbole_mm.bench import stats
 from recbole_mm.bench.measure import COLD_KEYS, HISTORY_KEYS, METRIC_KEYS, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS
-from recbole_mm.bench.profiles import PROFILES, REGIMES, SPEED_REFERENCE
+from recbole_mm.bench.profiles import MULTIMODAL_REFERENCE, PROFILES, REGIMES, SPEED_REFERENCE
 
 # numeric run fields aggregated over seeds (mean, std)
 NUMERIC_KEYS = METRIC_KEYS + COLD_KEYS + HISTORY_KEYS + (
@@ -45,7 +46,8 @@ SIGNIFICANCE_FIELDS = ("diff", "ci_low", "ci_high", "wilcoxon_p", "verdict")
 SUMMARY_FIELDS = (
     ["model", "status", "seeds_ok", "seeds_run", "uses_features", "point", "error"]
     + [f"{key}_{stat}" for key in NUMERIC_KEYS for stat in ("mean", "std")]
-    + [f"{protocol}_vs_{SPEED_REFERENCE}_{field}" for protocol in PROTOCOLS for field in SIGNIFICANCE_FIELDS]
+    + [f"{protocol}_vs_{reference}_{field}" for reference in (SPEED_REFERENCE, MULTIMODAL_REFERENCE)
+       for protocol in PROTOCOLS for field in SIGNIFICANCE_FIELDS]
     + ["train_step_ratio", "infer_ratio"]
 )
 RUN_FIELDS = (
@@ -109,6 +111,7 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> List[dict]:
         summaries.append(summary)
     _add_speed_ratios(summaries)
     _add_significance(summaries)
+    _add_significance(summaries, MULTIMODAL_REFERENCE)
     return summaries
 
 
@@ -251,6 +254,15 @@ def _ci_text(result: dict) -> str:
 
 def _p_text(value) -> str:
     return "-" if value is None else (f"{value:.3f}" if value >= 0.001 else f"{value:.1e}")
+
+
+def multimodal_table(summaries, protocol: str) -> List[str]:
+    """The feature models against SASRecMM (SASRec plus the same features), or nothing without it."""
+    reference = next((s for s in summaries if s["model"] == MULTIMODAL_REFERENCE and s["seeds_ok"]), None)
+    others = [s for s in summaries if s.get("uses_features") and s is not reference]
+    if reference is None or not others:
+        return []
+    return [f"### Feature models against {MULTIMODAL_REFERENCE}", ""] + headline_table([reference] + others, protocol, MULTIMODAL_REFERENCE) + [""]
 
 
 def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[str]:
@@ -420,6 +432,7 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
     lines += [note for note in notes] + ([""] if notes else [])
     if any(s.get(f"{headline}_ndcg@10_mean") is not None for s in summaries):
         lines += [f"## Headline: NDCG@10, {PROTOCOL_NAMES[headline]}", ""] + headline_table(summaries, headline) + [""]
+        lines += multimodal_table(summaries, headline)
         lines += repeat_line(summaries)
         lines += [f"## The other protocol: NDCG@10, {PROTOCOL_NAMES[other]}", "",
                   "The same trained models (early stopping under the headline protocol), ranked the other way."]
