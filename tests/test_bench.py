@@ -5,6 +5,7 @@ import csv
 import math
 import os
 import sys
+import time
 import types
 
 import numpy as np
@@ -441,3 +442,34 @@ def test_attention_scaling_script_writes_its_table(tmp_path, capsys):
     rows = [line for line in written.splitlines() if line.startswith("| 16 ") or line.startswith("| 32 ")]
     assert len(rows) == 2 and all(len(row.split("|")) == len(written.splitlines()[2].split("|")) for row in rows)
     assert "SAL faster than sdpa from L =" in written
+
+
+def test_interleaved_timing_divides_by_units_and_takes_the_median():
+    from recbole_mm.bench import speed
+
+    calls = []
+
+    def busy(units):
+        def run():
+            calls.append(units)
+            end = time.process_time() + 0.002 * units
+            while time.process_time() < end:
+                pass
+            return units
+        return run
+
+    times = speed.interleaved_cpu_ms({"a": busy(1), "b": busy(4)}, rounds=2)
+    assert calls == [1, 4] * 3  # a warm-up round, then two timed rounds, the tasks alternating
+    assert set(times) == {"a", "b"} and all(1.5 <= value <= 20 for value in times.values())  # ~2 ms per unit each
+    table = speed.markdown({"SASRec": {"params": 10, "train_ms": 2.0, "infer_ms_per_user": 0.5},
+                            "MUFASA": {"params": 20, "train_ms": 3.0, "infer_ms_per_user": 0.25}})
+    assert "| MUFASA | 20 | 3.0 | 1.50x | 0.250 | 0.50x |" in table
+
+
+@pytest.mark.slow
+def test_speed_bench_times_each_model_on_a_regimes_data(tmp_path):
+    from recbole_mm.bench import speed
+
+    results = speed.measure("cold", ["SASRec", "SASRecMM"], str(tmp_path), steps=1, eval_batches=1, rounds=1, overrides={})
+    assert list(results) == ["SASRec", "SASRecMM"]
+    assert all(row["train_ms"] > 0 and row["infer_ms_per_user"] > 0 and row["params"] > 0 for row in results.values())

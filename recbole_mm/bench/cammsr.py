@@ -237,25 +237,10 @@ class _Diagnosis:
 
     def step_times(self, models: dict) -> dict:
         """Median CPU ms per training step of each model, rounds interleaved."""
-        import statistics
-        import time
+        from recbole_mm.bench.speed import interleaved_cpu_ms, training_task
 
-        import torch
-
-        optimizers = {name: torch.optim.Adam(model.parameters(), lr=self.profile.learning_rate) for name, model in models.items()}
-        times = {name: [] for name in models}
-        for round_index in range(self.args.rounds + 1):  # round 0 warms up
-            for name, model in models.items():
-                model.train()
-                start = time.process_time()
-                for batch in self.batches[1:]:
-                    optimizers[name].zero_grad()
-                    loss = model.calculate_loss(batch)
-                    (sum(loss) if isinstance(loss, tuple) else loss).backward()
-                    optimizers[name].step()
-                if round_index:
-                    times[name].append(1000 * (time.process_time() - start) / (len(self.batches) - 1))
-        return {name: statistics.median(values) for name, values in times.items()}
+        tasks = {name: training_task(model, self.batches[1:], self.profile.learning_rate) for name, model in models.items()}
+        return interleaved_cpu_ms(tasks, self.args.rounds)
 
     def gate_and_gradients(self, model) -> str:
         """One line on the gate, the gradient balance and the swap of a fresh CAMMSR."""

@@ -87,7 +87,7 @@ def error_text(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _scratch_run_dir(argv0: str):
+def scratch_run_dir(argv0: str):
     """RecBole writes ``log/``, ``log_tensorboard/`` and checkpoints into cwd and reads ``--key=value``
     from ``sys.argv``: run inside a throw-away folder with a bare argv."""
     previous_cwd, previous_argv = os.getcwd(), sys.argv
@@ -126,7 +126,7 @@ def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches
         config_dict = dict(config_dict, seed=int(seed))
         if data_path:
             config_dict["data_path"] = data_path
-        with _scratch_run_dir(sys.argv[0]) as scratch:
+        with scratch_run_dir(sys.argv[0]) as scratch:
             config_dict.setdefault("checkpoint_dir", os.path.join(scratch, "saved"))
             if state_dir:
                 config_dict = resumable_config(config_dict, state_dir)
