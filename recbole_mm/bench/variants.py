@@ -14,7 +14,6 @@ import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
-import yaml
 
 from recbole_mm import resources
 from recbole_mm.bench import benchmark, stats
@@ -28,10 +27,7 @@ DEFAULT_SEEDS = 2
 def model_defaults(model: str) -> dict:
     """The plugin's yaml defaults of ``model`` ({} for RecBole's models)."""
     path = resources.model_yaml(model)
-    if not path:
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return yaml.safe_load(handle) or {}
+    return benchmark.read_yaml(path) if path else {}
 
 
 def effective_overrides(model: str, overrides: dict) -> dict:
@@ -113,7 +109,7 @@ def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, see
         result = None if name == reference else compare_with(summary, ref)
         if name == reference:
             cells += ["reference", "-", "-"]
-        elif result:
+        elif result is not None:
             p_value = "-" if result["wilcoxon_p"] is None else f"{result['wilcoxon_p']:.2g}"
             cells += [f"{result['diff']:+.4f} [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]", p_value, result["verdict"]]
         else:
