@@ -228,3 +228,23 @@ def test_a_regime_without_the_tuning_regimes_grid_says_what_to_run(tmp_path, mon
         benchmark.run_regime("cold", ["SASRec"], str(tmp_path / "out"), run_missing=False, progress=False)
     with pytest.raises(ValueError, match="stage"):
         benchmark.run_regime("cold", ["SASRec"], str(tmp_path / "out"), stage="everything")
+
+
+def test_own_grid_tunes_a_regime_on_its_own_validation_set_and_reports_beside_its_runs(tmp_path, monkeypatch):
+    from recbole_mm.bench import benchmark, runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_model", fake_run_model(calls))
+    monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
+    out = str(tmp_path / "out")
+    with pytest.raises(benchmark.MissingTuning, match="--regime cold --own-grid --stage tune"):
+        benchmark.run_regime("cold", ["GRU4Rec"], out, stage="seeds", own_grid=True, progress=False)
+    assert calls == []  # no dense grid was needed, and nothing ran for the missing one
+    paths = benchmark.run_regime("cold", ["GRU4Rec"], out, own_grid=True, progress=False)
+    grid = {(config["learning_rate"], config["dropout_prob"]) for _, seed, config in calls if seed == 2020}
+    assert grid == {(0.001, 0.2), (0.001, 0.5), (0.003, 0.2), (0.003, 0.5)}
+    assert len(calls) == 4 + 2 and all(config["learning_rate"] == 0.003 for _, seed, config in calls if seed != 2020)
+    assert paths["markdown"] == os.path.join(out, "cold", benchmark.OWN_GRID_FOLDER, "results.md")
+    assert "own grid" in open(paths["markdown"], encoding="utf-8").read()
+    with pytest.raises(benchmark.MissingTuning, match="--regime dense --stage tune"):  # the default protocol is unchanged
+        benchmark.run_regime("cold", ["GRU4Rec"], out, run_missing=False, progress=False)

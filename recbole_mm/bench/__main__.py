@@ -61,6 +61,9 @@ def parse_args(argv=None):
     parser.add_argument("--stage", choices=("tune", "seeds", "all"), default="all",
                         help=f"regimes: tune = only the grid ({TUNING_REGIME}), seeds = only the seeds at cached points, all = both")
     parser.add_argument("--untuned", action="store_true", help="regimes: every model at its yaml defaults (no grid)")
+    parser.add_argument("--own-grid", action="store_true",
+                        help="regimes other than dense: tune on this regime's own validation set (same grid) instead of "
+                             "reusing dense's points; the report goes to <out>/<regime>/own-grid/")
     parser.add_argument("--publish", action="store_true", help="regimes: copy the finished rows into recbole_mm/bench/published/<regime>/runs/")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--quick", action="store_true", help="the quick profile (a smoke comparison of every model)")
@@ -134,10 +137,12 @@ def main(argv=None) -> int:
     if args.regime:
         if args.data_path or args.config_files or args.quick or args.profile != "full":
             raise SystemExit("--regime fixes its dataset and budget: drop --data-path / --config-files / --quick / --profile")
+        if args.own_grid and args.untuned:
+            raise SystemExit("--own-grid tunes and --untuned does not: give one of them")
         changes = {key: value for key, value in profile_changes(args).items() if value is not None}
         try:
-            paths = run_regime(args.regime, models, args.out, stage=args.stage, tuned=not args.untuned, publish=args.publish,
-                               profile_changes=changes, **_run_options(args))
+            paths = run_regime(args.regime, models, args.out, stage=args.stage, tuned=not args.untuned, own_grid=args.own_grid,
+                               publish=args.publish, profile_changes=changes, **_run_options(args))
         except MissingTuning as exc:
             raise SystemExit(str(exc)) from None
         if paths is None:

@@ -228,18 +228,26 @@ def missing_tuning(tuning: Dict[str, dict]) -> List[str]:
     return [model for model, entry in tuning.items() if any(point["status"] == "missing" for point in entry["grid"])]
 
 
+OWN_GRID_FOLDER = "own-grid"  # <out>/<regime>/own-grid/: the report of a regime tuned on its own grid
+
+
 def run_regime(name: str, models: Sequence[str], out_dir: str, *, stage: str = "all", tuned: bool = True,
-               publish: bool = False, **options) -> Optional[dict]:
-    """One regime end to end. ``stage``: ``tune`` (the grid only, tuning regime), ``seeds`` (seeds at
-    the tuned points, which must be cached) or ``all``; ``tuned=False`` runs the yaml defaults.
-    Regimes other than the tuning regime read their points from its cache (``--regime dense`` first).
+               own_grid: bool = False, publish: bool = False, **options) -> Optional[dict]:
+    """One regime end to end. ``stage``: ``tune`` (the grid only), ``seeds`` (seeds at the tuned
+    points, which must be cached) or ``all``; ``tuned=False`` runs the yaml defaults.
+    Regimes other than the tuning regime read their points from its cache (``--regime dense`` first),
+    unless ``own_grid``: then they run the same grid on their own validation set, and the report goes
+    to ``<out>/<regime>/own-grid/`` (the runs share the regime's cache).
     Returns the report's paths (None after ``stage='tune'``)."""
     if stage not in ("tune", "seeds", "all"):
         raise ValueError(f"stage must be tune, seeds or all, got '{stage}'")
     table = prepare_regime(name, out_dir, **options)
     if not tuned:
         return run_table(table, models, publish=publish)
-    if name == TUNING_REGIME:
+    if own_grid and name != TUNING_REGIME:
+        table = dataclasses.replace(table, results_dir=os.path.join(table.results_dir, OWN_GRID_FOLDER),
+                                    title=f"{table.title} (tuned on its own grid)")
+    if name == TUNING_REGIME or own_grid:
         tuning = tune(table if stage != "seeds" else dataclasses.replace(table, run_missing=False), models)
     else:
         # a smoke budget (epochs, batches) applies to the tuning regime's lookup too; its own length and seeds stay
@@ -247,10 +255,12 @@ def run_regime(name: str, models: Sequence[str], out_dir: str, *, stage: str = "
         tuning_options = dict(options, profile_changes=changes, notes=(), run_missing=False, fresh=False)
         tuning = tuned_points(prepare_regime(TUNING_REGIME, out_dir, **tuning_options), models)
     lacking = missing_tuning(tuning)
-    if lacking and (name != TUNING_REGIME or stage == "seeds"):
+    tuning_regime = name if own_grid else TUNING_REGIME
+    if lacking and (tuning_regime != name or stage == "seeds"):
+        own = " --own-grid" if own_grid else ""
         raise MissingTuning(
-            f"the {TUNING_REGIME} regime's grid is not complete in the cache for {', '.join(lacking)}: run "
-            f"python -m recbole_mm.bench --regime {TUNING_REGIME} --stage tune first (or --untuned)"
+            f"the {tuning_regime} regime's grid is not complete in the cache for {', '.join(lacking)}: run "
+            f"python -m recbole_mm.bench --regime {tuning_regime}{own} --stage tune first (or --untuned)"
         )
     if stage == "tune":
         for model, entry in tuning.items():
