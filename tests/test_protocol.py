@@ -1,5 +1,6 @@
 """The benchmark protocol: history-excluded ranking (``exclude_history``)."""
 
+import json
 import math
 import os
 
@@ -248,3 +249,20 @@ def test_own_grid_tunes_a_regime_on_its_own_validation_set_and_reports_beside_it
     assert "own grid" in open(paths["markdown"], encoding="utf-8").read()
     with pytest.raises(benchmark.MissingTuning, match="--regime dense --stage tune"):  # the default protocol is unchanged
         benchmark.run_regime("cold", ["GRU4Rec"], out, run_missing=False, progress=False)
+
+
+def test_a_report_marks_an_unfinished_grid_provisional_and_an_unrun_one_not_run(tmp_path, monkeypatch):
+    from recbole_mm.bench import benchmark, runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_model", fake_run_model(calls))
+    monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
+    out = str(tmp_path / "out")
+    benchmark.run_regime("cold", ["GRU4Rec"], out, own_grid=True, stage="tune", progress=False)
+    runs = tmp_path / "out" / "cold" / "runs"
+    weakest = min(os.listdir(runs), key=lambda name: json.loads((runs / name).read_text())["best_valid"])
+    (runs / weakest).unlink()  # lr 0.001 with dropout 0.5: the chosen point stays
+    paths = benchmark.run_regime("cold", ["GRU4Rec", "SASRec"], out, own_grid=True, run_missing=False, progress=False)
+    markdown = open(paths["markdown"], encoding="utf-8").read()
+    assert "GRU4Rec: provisional point, 3 of 4 grid points run so far" in markdown
+    assert "missing: grid not run yet" in markdown and "failed" not in markdown

@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import yaml
 
 from recbole_mm.bench import report, sparse, synthetic
+from recbole_mm.bench.measure import NOT_RUN
 from recbole_mm.bench.pipeline import error_text, say
 from recbole_mm.bench.profiles import (
     FIRST_SEED, TUNING_REGIME, Profile, get_regime, grid_points, model_config, point_config,
@@ -92,6 +93,14 @@ def tune(table: Table, models: Sequence[str]) -> Dict[str, dict]:
     return tuning
 
 
+def untuned_row(dataset: str, model: str, seed: int, entry: dict) -> dict:
+    """The row of a model without a finished grid point: not run yet (``missing``) when no point ran, else failed."""
+    row = dict(failed_row(model, dataset, seed, ValueError("no grid point finished")), point=None)
+    if all(point["status"] == "missing" for point in entry["grid"]):
+        return dict(row, status="missing", error=f"grid {NOT_RUN}")
+    return row
+
+
 def run_table(table: Table, models: Sequence[str], points: Optional[Dict[str, Optional[dict]]] = None,
               tuning: Optional[Dict[str, dict]] = None, publish: bool = False) -> dict:
     """Every model's seeds at its point (``points[model]``; None = the yaml defaults), then the report.
@@ -111,8 +120,7 @@ def run_table(table: Table, models: Sequence[str], points: Optional[Dict[str, Op
         say("interrupted: writing the report of the runs finished so far (cached runs are kept)")
         table = dataclasses.replace(table, run_missing=False)
         rows = table.run([item for item in plan if item[0] not in untunable])
-    rows += [dict(failed_row(model, table.dataset, seed, ValueError("no grid point finished")), point=None)
-             for model, seed, _ in plan if model in untunable]
+    rows += [untuned_row(table.dataset, model, seed, tuning[model]) for model, seed, _ in plan if model in untunable]
     if publish:
         keys = [row["key"] for row in rows if row.get("key")]
         keys += [point["key"] for entry in (tuning or {}).values() for point in entry["grid"] if point.get("key")]

@@ -26,6 +26,7 @@ PROTOCOL_NAMES = {"full": "all items ranked (RecBole)", "excl": "input history l
 HISTORY_KEYS = ("history_in_top10", "repeat_share") + tuple(
     f"{protocol}_{metric}@10" for protocol in PROTOCOLS for metric in ("recall", "ndcg")
 )
+NOT_RUN = "not run yet"  # the error of a row whose run is not in the cache (report-only)
 PER_USER_KEY = "per_user"  # {"users": [user tokens, sorted], "full": [NDCG@10], "excl": [NDCG@10]}
 PER_USER_DIGITS = 5
 TIMING_REPEATS = 3  # full-sort scoring runs per test batch; the fastest counts

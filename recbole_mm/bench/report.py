@@ -26,7 +26,9 @@ from typing import Dict, List, Optional, Sequence
 import pandas as pd
 
 from recbole_mm.bench import stats
-from recbole_mm.bench.measure import COLD_KEYS, HISTORY_KEYS, METRIC_KEYS, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS
+from recbole_mm.bench.measure import (
+    COLD_KEYS, HISTORY_KEYS, METRIC_KEYS, NOT_RUN, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS,
+)
 from recbole_mm.bench.profiles import MULTIMODAL_REFERENCE, PROFILES, REGIMES, SPEED_REFERENCE
 
 # numeric run fields aggregated over seeds (mean, std)
@@ -169,7 +171,8 @@ def _status_text(summary, limit=160):
         return "ok"
     error = summary["error"][:limit] + ("..." if len(summary["error"]) > limit else "")
     if summary["status"] == "partial":
-        return f"ok {summary['seeds_ok']}/{summary['seeds_run']} seeds; failed: {error}"
+        rest = "the rest" if error == NOT_RUN else "failed"
+        return f"ok {summary['seeds_ok']}/{summary['seeds_run']} seeds; {rest}: {error}"
     return f"{summary['status']}: {error}" if error else summary["status"]
 
 
@@ -303,6 +306,16 @@ def repeat_line(summaries) -> List[str]:
     return [f"Share of test targets that repeat an item of the user's input history: {share:.3f} ({advice}).", ""]
 
 
+def provisional_lines(tuning: Optional[Dict[str, dict]]) -> List[str]:
+    """A warning for each model whose grid is not complete: its point is the best of what ran so far."""
+    lines = []
+    for model, entry in (tuning or {}).items():
+        done = sum(point["status"] != "missing" for point in entry["grid"])
+        if entry["chosen"] and done < len(entry["grid"]):
+            lines.append(f"- {model}: provisional point, {done} of {len(entry['grid'])} grid points run so far.")
+    return lines + [""] if lines else []
+
+
 def point_text(point) -> str:
     if not point:
         return "defaults"
@@ -432,6 +445,7 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
     lines += [note for note in notes] + ([""] if notes else [])
     if any(s.get(f"{headline}_ndcg@10_mean") is not None for s in summaries):
         lines += [f"## Headline: NDCG@10, {PROTOCOL_NAMES[headline]}", ""] + headline_table(summaries, headline) + [""]
+        lines += provisional_lines(tuning)
         lines += multimodal_table(summaries, headline)
         lines += repeat_line(summaries)
         lines += [f"## The other protocol: NDCG@10, {PROTOCOL_NAMES[other]}", "",

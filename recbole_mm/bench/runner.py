@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
+from recbole_mm.bench.measure import NOT_RUN
 from recbole_mm.bench.pipeline import PROGRESS_PREFIX, error_text, last_checkpoint, new_row, say, train_and_evaluate, uses_features
 
 DEFAULT_COLD_MAX_COUNT = 5
@@ -405,7 +406,7 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
             say(f"{prefix}: cached ({key})")
         elif not run_missing:
             say(f"{prefix}: not run yet (report-only)")
-            row = dict(new_row(spec.model, spec.dataset, spec.seed), status="missing", error="not run yet",
+            row = dict(new_row(spec.model, spec.dataset, spec.seed), status="missing", error=NOT_RUN,
                        uses_features=uses_features(spec.model))
         else:
             state_dir = cache.state_dir(key)
