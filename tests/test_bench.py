@@ -110,6 +110,15 @@ def test_cli_overrides_profile():
         cli.main(["--regime", "sparse", "--own-grid", "--untuned"])
 
 
+def test_an_interrupted_bench_exits_130_with_a_line_instead_of_a_traceback(monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_regime", interrupted)
+    assert cli.run_cli(["--regime", "dense"]) == 130
+    assert "the same command continues" in capsys.readouterr().err
+
+
 # ----- metrics --------------------------------------------------------------------------------
 
 

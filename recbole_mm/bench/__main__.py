@@ -159,6 +159,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def run_cli(argv=None) -> int:
+    """``main`` as a command: an interrupt (Ctrl-C, ``kill``) ends with exit status 130 and a line, not a traceback."""
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("[bench] interrupted: finished runs are cached, runs in flight keep their resume state; "
+              "the same command continues", file=sys.stderr)
+        return 130
+
+
 if __name__ == "__main__":
     _interrupt_on_sigterm()
-    sys.exit(main())
+    sys.exit(run_cli())
