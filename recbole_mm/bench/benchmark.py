@@ -252,7 +252,8 @@ def run_regime(name: str, models: Sequence[str], out_dir: str, *, stage: str = "
     table = prepare_regime(name, out_dir, **options)
     if not tuned:
         return run_table(table, models, publish=publish)
-    if own_grid and name != TUNING_REGIME:
+    own_grid = own_grid and name != TUNING_REGIME  # the tuning regime always tunes on its own grid
+    if own_grid:
         table = dataclasses.replace(table, results_dir=os.path.join(table.results_dir, OWN_GRID_FOLDER),
                                     title=f"{table.title} (tuned on its own grid)")
     if name == TUNING_REGIME or own_grid:
