@@ -138,6 +138,19 @@ def test_rank_metrics_and_cold_subset():
     assert measure.cold_metrics(ranks, targets, counts, cold_max_count=-1)["cold_recall@10"] is None
 
 
+def test_the_per_user_record_lists_the_cold_users_by_token():
+    import torch
+
+    ranks = torch.tensor([0, 3, 12, 9])
+    rankings = measure.Rankings(full=ranks, excl=ranks, targets=torch.tensor([1, 2, 3, 4]), users=torch.arange(4),
+                                repeats=torch.zeros(4, dtype=torch.bool), history_in_top=torch.zeros(4), seconds=0.0)
+    mask = measure.cold_mask(rankings.targets, torch.tensor([0, 50, 1, 2, 40]), cold_max_count=2)
+    record = measure.per_user_ndcg(rankings, ["d", "c", "b", "a"], cold=mask)  # users 1 and 2 ("c", "b") are cold
+    assert record["users"] == ["a", "b", "c", "d"] and record["full"][1:3] == [0, pytest.approx(1 / math.log2(5), abs=1e-5)]
+    assert record[measure.COLD_USERS_KEY] == ["b", "c"]
+    assert measure.COLD_USERS_KEY not in measure.per_user_ndcg(rankings, ["d", "c", "b", "a"])
+
+
 def test_rankings_give_both_protocols_and_count_repeats():
     """One ranking of every item gives RecBole's ranks, the history-excluded ranks (a repeated target
     is a miss there), the repeat flags and the history items in the top k."""
@@ -209,6 +222,13 @@ def test_harness_writes_table_csv_plots_and_reports_a_failing_model(tiny_config_
     for model in ("SASRec", "GRU4Rec"):
         assert float(summary[model]["cold_recall@10_mean"]) == pytest.approx(float(summary[model]["recall@10_mean"]), abs=1e-4)
         assert float(summary[model]["cold_ndcg@10_mean"]) == pytest.approx(float(summary[model]["ndcg@10_mean"]), abs=1e-4)
+    # ... and the cold users' paired comparison is then the headline one (the runs recorded who the cold users are)
+    header, rows = _table_rows(markdown, "Model | Features | Tuned point")
+    headline = {row[0]: dict(zip(header, row)) for row in rows}
+    header, rows = _table_rows(markdown, "Model | Features | Cold users")
+    cold = {row[0]: dict(zip(header, row)) for row in rows}
+    assert cold["SASRec"]["Cold Δ vs SASRec [95% CI]"] == "reference"
+    assert cold["GRU4Rec"]["Cold Δ vs SASRec [95% CI]"] == f"{headline['GRU4Rec']['Δ vs SASRec [95% CI]']} {headline['GRU4Rec']['Verdict']}"
 
     runs = _read_csv(results / "runs.csv")
     assert [(row["model"], row["status"]) for row in runs] == [("SASRec", "ok"), ("GRU4Rec", "ok"), ("Exploding", "failed")]
@@ -314,18 +334,21 @@ def test_the_cache_gives_each_run_in_flight_its_own_state_folder_and_a_resumed_r
 USERS = [f"u{index:02d}" for index in range(40)]
 
 
-def _fake_run(model, seed, ndcg, status="ok", error="", ms_per_step=10.0, excl=None):
-    """A finished run whose per-user NDCG@10 alternates ndcg +- 0.05 over 40 users (mean ``ndcg``)."""
+def _fake_run(model, seed, ndcg, status="ok", error="", ms_per_step=10.0, excl=None, cold_users=None):
+    """A finished run whose per-user NDCG@10 alternates ndcg +- 0.05 over 40 users (mean ``ndcg``);
+    ``cold_users``: the tokens its per-user record lists as cold-item users."""
     row = pipeline.new_row(model, "toy", seed)
     row.update(status=status, error=error, uses_features=model != "SASRec", point={"learning_rate": 0.001, "dropout": 0.2})
     if status == "ok":
         excl = ndcg if excl is None else excl
         row.update({key: ndcg for key in measure.METRIC_KEYS}, valid_curve=[ndcg / 2, ndcg], epochs=2, params=1000,
                    train_s_per_epoch=1.0, train_ms_per_step=ms_per_step, infer_ms_per_user=0.5, peak_rss_mb=300.0,
-                   cold_users=4, repeat_share=0.0, history_in_top10=1.0,
+                   cold_users=4, cold_max_count=5, repeat_share=0.0, history_in_top10=1.0,
                    **{"cold_recall@10": ndcg / 2, "cold_ndcg@10": ndcg / 4, "full_ndcg@10": ndcg, "excl_ndcg@10": excl})
         row["per_user"] = {"users": USERS, "full": [ndcg + (0.05 if i % 2 else -0.05) for i in range(40)],
                            "excl": [excl + (0.05 if i % 2 else -0.05) for i in range(40)]}
+        if cold_users is not None:
+            row["per_user"][measure.COLD_USERS_KEY] = list(cold_users)
     return row
 
 
@@ -381,6 +404,34 @@ def test_report_compares_the_feature_models_with_sasrecmm_too(tmp_path):
     assert {row[0]: dict(zip(header, row)) for row in table}["CAMMSR"]["Verdict"] == "better"  # the SASRec table comes first
     without = report.write_report(str(tmp_path / "plain"), rows[:2] + rows[4:], ["SASRec", "CAMMSR"], _settings(models=["SASRec", "CAMMSR"]))
     assert "against SASRecMM" not in open(without["markdown"], encoding="utf-8").read()
+
+
+def test_report_pairs_the_models_on_the_cold_users_the_runs_recorded(tmp_path):
+    from recbole_mm.bench import report
+
+    cold_users = USERS[:10]
+    rows = []
+    for model, cold_gain in (("SASRec", 0.0), ("SASRecMM", 0.2), ("CAMMSR", 0.2)):
+        for seed in (1, 2):
+            row = _fake_run(model, seed, 0.10, cold_users=cold_users if (model, seed) == ("CAMMSR", 2) else None)
+            row["per_user"]["full"] = [value + (cold_gain if user in cold_users else 0.0)
+                                       for user, value in zip(USERS, row["per_user"]["full"])]
+            row["cold_ndcg@10"] = 0.1 + cold_gain
+            rows.append(row)
+    models = ["SASRec", "SASRecMM", "CAMMSR"]
+    markdown = open(report.write_report(str(tmp_path / "toy"), rows, models, _settings(models=models))["markdown"], encoding="utf-8").read()
+    header, table = _table_rows(markdown, "Model | Features | Cold users")
+    cold = {row[0]: dict(zip(header, row)) for row in table}
+    # one run listing the cold users is enough: they are the data's, the same for every model
+    assert cold["SASRecMM"]["Cold Δ vs SASRec [95% CI]"] == "+0.2000 [+0.2000, +0.2000] better"
+    assert cold["CAMMSR"]["Cold Δ vs SASRecMM [95% CI]"].endswith("tie") and cold["SASRecMM"]["Cold Δ vs SASRecMM [95% CI]"] == "reference"
+    assert "Best cold NDCG@10: SASRecMM 0.3000; within its CI (tie): CAMMSR." in markdown
+    assert "cold-user NDCG@10 (paired on the cold users): best with features SASRecMM 0.3000 vs best ID-only SASRec 0.1000: better" in markdown
+    # without any run listing them (older rows), seed means only
+    for row in rows:
+        row["per_user"].pop(measure.COLD_USERS_KEY, None)
+    markdown = open(report.write_report(str(tmp_path / "old"), rows, models, _settings(models=models))["markdown"], encoding="utf-8").read()
+    assert "Cold Δ" not in markdown and "Best cold NDCG@10" not in markdown and "cold-user NDCG@10 (seed means, no CI)" in markdown
 
 
 def test_report_tuning_grid_and_headline_protocol(tmp_path):

@@ -27,7 +27,8 @@ HISTORY_KEYS = ("history_in_top10", "repeat_share") + tuple(
     f"{protocol}_{metric}@10" for protocol in PROTOCOLS for metric in ("recall", "ndcg")
 )
 NOT_RUN = "not run yet"  # the error of a row whose run is not in the cache (report-only)
-PER_USER_KEY = "per_user"  # {"users": [user tokens, sorted], "full": [NDCG@10], "excl": [NDCG@10]}
+PER_USER_KEY = "per_user"  # {"users": [user tokens, sorted], "full": [NDCG@10], "excl": [NDCG@10], "cold": [tokens]}
+COLD_USERS_KEY = "cold"  # in a per-user record: the tokens of the cold-item test users (the cold metrics' users)
 PER_USER_DIGITS = 5
 TIMING_REPEATS = 3  # full-sort scoring runs per test batch; the fastest counts
 
@@ -124,14 +125,18 @@ def protocol_metrics(rankings: Rankings, k: int = 10) -> dict:
     return metrics
 
 
-def per_user_ndcg(rankings: Rankings, user_tokens, k: int = 10) -> dict:
+def per_user_ndcg(rankings: Rankings, user_tokens, k: int = 10, cold=None) -> dict:
     """``{"users": tokens, "full": [...], "excl": [...]}``, ordered by user token (a key stable across
-    models and runs on the same data; RecBole's internal ids are not meant to be compared)."""
+    models and runs on the same data; RecBole's internal ids are not meant to be compared). With
+    ``cold`` (a boolean mask over the users, see :func:`cold_mask`), also ``"cold"``: the tokens of
+    the cold-item users, so that a report can pair models on them."""
     order = sorted(range(len(user_tokens)), key=lambda index: str(user_tokens[index]))
     per_user = {"users": [str(user_tokens[index]) for index in order]}
     for protocol in PROTOCOLS:
         gains = ndcg_gains(getattr(rankings, protocol), k).tolist()
         per_user[protocol] = [round(gains[index], PER_USER_DIGITS) or 0 for index in order]  # 0, not 0.0: compact JSON
+    if cold is not None:
+        per_user[COLD_USERS_KEY] = [per_user["users"][position] for position, index in enumerate(order) if bool(cold[index])]
     return per_user
 
 
@@ -144,9 +149,14 @@ def train_item_counts(train_data, config):
     return torch.bincount(torch.as_tensor(items).long(), minlength=dataset.item_num)
 
 
+def cold_mask(targets, item_counts, cold_max_count: int):
+    """Which test users are cold-item users: their target is in at most ``cold_max_count`` training sequences."""
+    return item_counts[targets] <= cold_max_count
+
+
 def cold_metrics(ranks, targets, item_counts, cold_max_count: int, k: int = 10) -> dict:
     """Recall@k / NDCG@k over the test users whose target is in at most ``cold_max_count`` training sequences."""
-    cold = item_counts[targets] <= cold_max_count
+    cold = cold_mask(targets, item_counts, cold_max_count)
     metrics = rank_metrics(ranks[cold], k)
     return {
         "cold_max_count": cold_max_count,

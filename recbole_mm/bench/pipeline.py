@@ -30,6 +30,7 @@ from recbole_mm.bench.measure import (
     HISTORY_KEYS,
     METRIC_KEYS,
     PER_USER_KEY,
+    cold_mask,
     cold_metrics,
     peak_rss_mb,
     per_user_ndcg,
@@ -237,10 +238,11 @@ def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count,
     row["test_users"] = int(len(rankings.full))
     row["infer_ms_per_user"] = 1000.0 * rankings.seconds / max(1, len(rankings.full))
     headline = rankings.excl if row["exclude_history"] else rankings.full
-    row.update(cold_metrics(headline, rankings.targets, train_item_counts(train_data, config), cold_max_count))
+    item_counts = train_item_counts(train_data, config)
+    row.update(cold_metrics(headline, rankings.targets, item_counts, cold_max_count))
     row.update(protocol_metrics(rankings))
     users = train_data._dataset.id2token(config["USER_ID_FIELD"], rankings.users.numpy())
-    row[PER_USER_KEY] = per_user_ndcg(rankings, list(users))
+    row[PER_USER_KEY] = per_user_ndcg(rankings, list(users), cold=cold_mask(rankings.targets, item_counts, cold_max_count))
     say(
         f"{label}: done: test ndcg@10 {row.get('ndcg@10', float('nan')):.4f}, recall@10 {row.get('recall@10', float('nan')):.4f}, "
         f"repeat share {row.get('repeat_share') or 0:.3f}, {row['train_s_per_epoch']:.1f} s/epoch, {row['infer_ms_per_user']:.3f} ms/user"

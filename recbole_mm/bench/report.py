@@ -27,7 +27,7 @@ import pandas as pd
 
 from recbole_mm.bench import stats
 from recbole_mm.bench.measure import (
-    COLD_KEYS, HISTORY_KEYS, METRIC_KEYS, NOT_RUN, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS,
+    COLD_KEYS, COLD_USERS_KEY, HISTORY_KEYS, METRIC_KEYS, NOT_RUN, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS,
 )
 from recbole_mm.bench.profiles import MULTIMODAL_REFERENCE, PROFILES, REGIMES, SPEED_REFERENCE
 
@@ -131,13 +131,27 @@ def _add_speed_ratios(summaries, reference=SPEED_REFERENCE):
             summary[ratio] = value / base if value is not None and base else None
 
 
-def paired(a: dict, b: dict, protocol: str) -> Optional[dict]:
-    """:func:`recbole_mm.bench.stats.compare_paired` of two summaries' seed-averaged per-user NDCG@10."""
+def paired(a: dict, b: dict, protocol: str, users=None) -> Optional[dict]:
+    """:func:`recbole_mm.bench.stats.compare_paired` of two summaries' seed-averaged per-user NDCG@10
+    (on ``users`` only, when given)."""
     left, right = a.get(f"per_user_{protocol}"), b.get(f"per_user_{protocol}")
     if not left or not right:
         return None
+    if users is not None:
+        left = {user: value for user, value in left.items() if user in users}
     x, y = stats.paired_arrays(left, right)
     return stats.compare_paired(x, y) if len(x) else None
+
+
+def cold_user_set(rows, cold_max_count) -> Optional[set]:
+    """The cold-item test users of a table (a property of its data, the same for every model and seed),
+    from the first finished run at this threshold whose per-user record lists them; None when no run
+    does (runs made before the list was recorded), and then the cold comparisons have no CI."""
+    for row in rows:
+        record = row.get(PER_USER_KEY) or {}
+        if row.get("status") == "ok" and row.get("cold_max_count") == cold_max_count and COLD_USERS_KEY in record:
+            return set(record[COLD_USERS_KEY])
+    return None
 
 
 def _add_significance(summaries, reference=SPEED_REFERENCE):
@@ -200,18 +214,42 @@ def quality_table(summaries) -> List[str]:
     return _table(header, rows)
 
 
-def cold_table(summaries, cold_max_count) -> List[str]:
+def cold_table(summaries, cold_max_count, protocol: str = "full", cold_users=None) -> List[str]:
+    """Cold-item metrics per model; with the cold users known, each model's paired Δ on them against
+    SASRec and SASRecMM, and which models are within the CI of the best."""
     header = ["Model", "Features", "Cold users", "Cold Recall@10", "Cold NDCG@10", "All Recall@10", "All NDCG@10"]
-    rows = [
-        [s["model"], _features_mark(s), _fmt(s, "cold_users", 0, with_std=False), _fmt(s, "cold_recall@10"), _fmt(s, "cold_ndcg@10"),
-         _fmt(s, "recall@10"), _fmt(s, "ndcg@10")]
-        for s in summaries
-    ]
+    references = [next((s for s in summaries if s["model"] == name and s["seeds_ok"]), None)
+                  for name in (SPEED_REFERENCE, MULTIMODAL_REFERENCE)] if cold_users else []
+    references = [reference for reference in references if reference is not None]
+    header += [f"Cold Δ vs {reference['model']} [95% CI]" for reference in references]
+    rows = []
+    for s in summaries:
+        cells = [s["model"], _features_mark(s), _fmt(s, "cold_users", 0, with_std=False), _fmt(s, "cold_recall@10"),
+                 _fmt(s, "cold_ndcg@10"), _fmt(s, "recall@10"), _fmt(s, "ndcg@10")]
+        for reference in references:
+            result = None if s is reference else paired(s, reference, protocol, cold_users)
+            cells.append("reference" if s is reference else ("-" if result is None else f"{_ci_text(result)} {result['verdict']}"))
+        rows.append(cells)
     intro = (
         f"Test users whose target item is the target of at most {cold_max_count} training sequences "
         "(items rare in training); the same users for every model."
     )
-    return [intro, ""] + _table(header, rows)
+    if references:
+        intro += (" Δ: the paired per-user difference of cold NDCG@10 on those users (seed means first), bootstrap 95% CI; "
+                  "the verdict from the CI.")
+    return [intro, ""] + _table(header, rows) + best_cold_lines(summaries, protocol, cold_users)
+
+
+def best_cold_lines(summaries, protocol: str, cold_users) -> List[str]:
+    """The model with the best cold NDCG@10 and, by the paired CI on the cold users, those that tie with it."""
+    scored = [s for s in summaries if s.get("cold_ndcg@10_mean") is not None and s.get(f"per_user_{protocol}")]
+    if not cold_users or len(scored) < 2:
+        return []
+    best = max(scored, key=lambda s: s["cold_ndcg@10_mean"])
+    results = {s["model"]: paired(s, best, protocol, cold_users) for s in scored if s is not best}
+    ties = [model for model, result in results.items() if result and result["verdict"] == "tie"]
+    return ["", f"Best cold NDCG@10: {best['model']} {best['cold_ndcg@10_mean']:.4f}; within its CI (tie): "
+                f"{', '.join(ties) if ties else 'none'}."]
 
 
 def history_table(summaries) -> List[str]:
@@ -355,9 +393,9 @@ def tuning_table(tuning: Dict[str, dict]) -> List[str]:
     return [intro, ""] + _table(header, rows)
 
 
-def features_verdict(summaries, protocol: str = "full") -> List[str]:
+def features_verdict(summaries, protocol: str = "full", cold_users=None) -> List[str]:
     """Best feature-using model vs best ID-only model (by mean NDCG@10 under ``protocol``), with the
-    paired per-user CI; the cold-user line compares seed means (few users, no per-user arrays)."""
+    paired per-user CI; the cold-user line too where the cold users are known, else seed means only."""
     key = f"{protocol}_ndcg@10"
     best = {}
     for group in (True, False):
@@ -377,9 +415,11 @@ def features_verdict(summaries, protocol: str = "full") -> List[str]:
     groups = {group: max((s for s in cold if s["uses_features"] is group), key=lambda s: s["cold_ndcg@10_mean"], default=None)
               for group in (True, False)}
     if groups[True] and groups[False]:
+        result = paired(groups[True], groups[False], protocol, cold_users) if cold_users else None
         lines.append(
-            f"- cold-user NDCG@10 (seed means, no CI): best with features {groups[True]['model']} "
-            f"{groups[True]['cold_ndcg@10_mean']:.4f} vs best ID-only {groups[False]['model']} {groups[False]['cold_ndcg@10_mean']:.4f}."
+            f"- cold-user NDCG@10 ({'paired on the cold users' if result else 'seed means, no CI'}): best with features "
+            f"{groups[True]['model']} {groups[True]['cold_ndcg@10_mean']:.4f} vs best ID-only {groups[False]['model']} "
+            f"{groups[False]['cold_ndcg@10_mean']:.4f}" + (f": {result['verdict']} (Δ {_ci_text(result)})." if result else ".")
         )
     return lines
 
@@ -452,11 +492,12 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
                   "The same trained models (early stopping under the headline protocol), ranked the other way."]
         lines += [""] + headline_table(summaries, other) + [""]
     lines += ["## Quality (test set, headline protocol, RecBole's metrics, mean ± std over seeds)", ""] + quality_table(summaries) + [""]
+    cold_users = cold_user_set(rows, settings["cold_max_count"])
     if any(s.get("cold_users_mean") for s in summaries):
-        lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"]) + [""]
+        lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"], headline, cold_users) + [""]
     if any(s.get("history_in_top10_mean") is not None for s in summaries):
         lines += ["## History items", ""] + history_table(summaries) + [""]
-    lines += ["## Features vs ID-only", ""] + features_verdict(summaries, headline) + [""]
+    lines += ["## Features vs ID-only", ""] + features_verdict(summaries, headline, cold_users) + [""]
     lines += ["## Speed", ""] + speed_table(summaries) + [""]
     if tuning:
         lines += ["## Tuning grid", ""] + tuning_table(tuning) + [""]

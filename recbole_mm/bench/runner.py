@@ -94,7 +94,8 @@ def run_model(
     ``train_steps``, ``train_s_per_epoch``, ``train_ms_per_step``, ``infer_ms_per_user``,
     ``test_users``, ``params``, ``peak_rss_mb``, ``uses_features``, the cold-item metrics, the
     :data:`recbole_mm.bench.measure.HISTORY_KEYS` (both protocols, repeat share), ``per_user``
-    (NDCG@10 per test user under both protocols), ``device``, ``threads``, ``wall_s``, ``finished_at``.
+    (NDCG@10 per test user under both protocols, and which users are the cold-item ones), ``device``,
+    ``threads``, ``wall_s``, ``finished_at``.
     """
     job = {
         "model": model,
