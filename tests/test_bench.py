@@ -290,10 +290,12 @@ def test_a_child_that_dies_or_hangs_becomes_a_failed_row(tiny_config, monkeypatc
 
 
 @pytest.mark.slow
-def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(tiny_config, tmp_path, monkeypatch):
-    """A plugin model's run killed after its 2nd validation resumes from the checkpoint of epoch 1 and ends
-    with the uninterrupted run's curve, metrics and per-user NDCG; keeping the state changes nothing."""
-    job = dict(model="SASRecMM", dataset="tiny", config_dict=tiny_config(epochs=3, stopping_step=10), seed=7, data_path=None,
+@pytest.mark.parametrize("model", ["SASRecMM", "SASRec"])
+def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(model, tiny_config, tmp_path, monkeypatch):
+    """A run (a plugin model's, or a RecBole baseline's) killed after its 2nd validation resumes from the
+    checkpoint of epoch 1 and ends with the uninterrupted run's curve, metrics and per-user NDCG; keeping
+    the state changes nothing."""
+    job = dict(model=model, dataset="tiny", config_dict=tiny_config(epochs=3, stopping_step=10), seed=7, data_path=None,
                max_batches=None, cold_max_count=5, imports=(), progress=False, threads=1)
     plain = pipeline.train_and_evaluate(**job)
     straight = pipeline.train_and_evaluate(**job, state_dir=str(tmp_path / "straight"))
@@ -317,6 +319,24 @@ def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(tiny_c
     for row in (straight, resumed):
         assert row["valid_curve"] == plain["valid_curve"]
         assert (row["ndcg@10"], row["per_user"]) == (plain["ndcg@10"], plain["per_user"])
+
+
+@pytest.mark.slow
+def test_a_baseline_trains_the_same_under_the_plugin_trainer_as_under_recboles(tiny_config, monkeypatch):
+    """The bench runs RecBole's generic-Trainer baselines with the plugin's subclass (for resumable runs):
+    the same seed gives the same curve, metrics and per-user NDCG as RecBole's own Trainer."""
+    import recbole.trainer
+
+    import recbole_mm.trainer
+
+    job = dict(model="SASRec", dataset="tiny", config_dict=tiny_config(epochs=2, stopping_step=10), seed=3, data_path=None,
+               max_batches=None, cold_max_count=5, imports=(), progress=False, threads=1)
+    plugin = pipeline.train_and_evaluate(**job)
+    monkeypatch.setattr(recbole_mm.trainer, "MultimodalTrainer", recbole.trainer.Trainer)
+    recbole_own = pipeline.train_and_evaluate(**job)
+    assert plugin["status"] == recbole_own["status"] == "ok"
+    assert plugin["valid_curve"] == recbole_own["valid_curve"]
+    assert (plugin["ndcg@10"], plugin["per_user"]) == (recbole_own["ndcg@10"], recbole_own["per_user"])
 
 
 def test_the_cache_gives_each_run_in_flight_its_own_state_folder_and_a_resumed_run_extends_its_log(tmp_path):

@@ -8,10 +8,12 @@ time per epoch and per step, full-sort inference time per user, trainable parame
 memory, cold-item metrics, both ranking protocols and per-user NDCG@10 (:mod:`.measure`).
 Process isolation, caching and timeouts are :mod:`.runner`'s.
 
-With a ``state_dir``, a run whose trainer writes per-epoch resumable checkpoints (the plugin
-models' :class:`recbole_mm.trainer.MultimodalTrainer`) keeps them there, with its epoch records;
-the same call after a kill continues from the last finished epoch and ends as the uninterrupted
-run would. RecBole's own trainers (the baselines) start over.
+With a ``state_dir``, a run whose trainer writes per-epoch resumable checkpoints keeps them there,
+with its epoch records; the same call after a kill continues from the last finished epoch and ends
+as the uninterrupted run would. That is :class:`recbole_mm.trainer.MultimodalTrainer`, which the
+plugin models use and which also stands in for RecBole's generic ``Trainer`` (SASRec, GRU4Rec and
+the other baselines that use it: the same training, plus the checkpoints). Baselines with a
+trainer of their own (knowledge-graph, tree and other special trainers) start over.
 """
 
 import contextlib
@@ -175,13 +177,16 @@ def check_model_name(model: str) -> None:
 
 def build(model, dataset, config_dict):
     """RecBole's quick-start steps up to a ready trainer (plugin overall defaults active; the trainer
-    RecBole picks, with :class:`recbole_mm.evaluation.HistoryExclusion` mixed in)."""
+    RecBole picks, with :class:`recbole_mm.evaluation.HistoryExclusion` mixed in; for RecBole's
+    generic ``Trainer``, the plugin's subclass of it, so a baseline's run resumes too)."""
     from recbole.config import Config
     from recbole.data import create_dataset, data_preparation
+    from recbole.trainer import Trainer
     from recbole.utils import get_model, get_trainer, init_logger, init_seed
 
     from recbole_mm.evaluation import with_history_exclusion
     from recbole_mm.registry import plugin_overall_defaults
+    from recbole_mm.trainer import MultimodalTrainer
 
     check_model_name(model)
     with plugin_overall_defaults():
@@ -192,7 +197,10 @@ def build(model, dataset, config_dict):
     train_data, valid_data, test_data = data_preparation(config, data)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     net = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = with_history_exclusion(get_trainer(config["MODEL_TYPE"], config["model"]))(config, net)
+    trainer_class = get_trainer(config["MODEL_TYPE"], config["model"])
+    if trainer_class is Trainer:
+        trainer_class = MultimodalTrainer
+    trainer = with_history_exclusion(trainer_class)(config, net)
     return config, net, trainer, (train_data, valid_data, test_data)
 
 

@@ -84,8 +84,8 @@ def run_model(
     - ``threads``: ``torch.set_num_threads`` for the run (default: torch's choice). On a shared
       CPU machine 1 thread can be several times faster than oversubscribed cores.
     - ``state_dir``: keep the run's per-epoch resumable state here and continue from it when it is
-      there (plugin models; RecBole's trainers start over). ``resumed_at`` in the row lists the
-      epochs a run continued from.
+      there (plugin models and RecBole's generic-``Trainer`` baselines; baselines with a special
+      trainer start over). ``resumed_at`` in the row lists the epochs a run continued from.
 
     The row (never raises for a model failure) has ``model, dataset, seed, status ('ok' |
     'failed'), error`` (``"ExceptionType: message"``, empty when ok), RecBole's test metrics under
