@@ -60,11 +60,13 @@ def parse_args(argv=None):
     parser.add_argument("--stat", choices=sorted(STATS), default="median",
                         help="how the --repeats timings of one configuration are summarised (min: least disturbed by load)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (timed with synchronisation; "
+                                                        "MB = peak extra allocated GPU memory)")
     parser.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
     parser.add_argument("--out", help="also write the report to <out>/attention.md (where python -m recbole_mm.bench "
                                           "looks for it: results/attention/)")
     parser.add_argument("--interleave", action="store_true", help="time every implementation in this one process, "
-                                                                    "interleaved (ratios hold under shared load; no memory figures)")
+                                                                    "interleaved (ratios hold under shared load; memory figures on CUDA only)")
     parser.add_argument("--dropout", type=float, default=0.0, help="attention dropout of every implementation (train mode)")
     parser.add_argument("--train-step", action="store_true", help="time whole training steps of SASRec, SASRecMM and "
                                                                      "MUFASA in one process instead")
@@ -92,8 +94,8 @@ def build_step(impl, length, args):
     from recbole_mm.model.layers.sparse_attention import SparseAttentionAlignment
 
     torch.manual_seed(0)
-    x = torch.randn(args.batch, length, args.hidden)
-    item_seq = torch.ones(args.batch, length, dtype=torch.long)  # full sequences, no padding
+    x = torch.randn(args.batch, length, args.hidden, device=args.device)
+    item_seq = torch.ones(args.batch, length, dtype=torch.long, device=args.device)  # full sequences, no padding
     if impl == "recbole":
         from recbole.model.layers import MultiHeadAttention
 
@@ -119,7 +121,7 @@ def build_step(impl, length, args):
 
     else:
         raise ValueError(f"unknown implementation {impl!r}")
-    module.train()
+    module.to(args.device).train()
 
     def step():
         module.zero_grad(set_to_none=True)
@@ -139,15 +141,32 @@ def measure(impl, length, args):
     # which NaN-checks every backward output; measure the attention, not that
     torch.autograd.set_detect_anomaly(False)
     step()  # warm-up: lazy initialisation, first-touch of the allocator
-    _reset_peak()
-    base_kb = _status_kb("VmRSS")
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - start) * 1000)
-    peak_kb = _status_kb("VmHWM") - base_kb
-    return {"ms": STATS[args.stat](times), "peak_mb": peak_kb / 1024, "threads": torch.get_num_threads()}
+    on_gpu = torch.device(args.device).type == "cuda"
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_bytes = torch.cuda.memory_allocated()
+    else:
+        _reset_peak()
+        base_kb = _status_kb("VmRSS")
+    times = [timed(step, args.device) for _ in range(args.repeats)]
+    if on_gpu:
+        peak_mb = (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
+    else:
+        peak_mb = (_status_kb("VmHWM") - base_kb) / 1024
+    return {"ms": STATS[args.stat](times), "peak_mb": peak_mb, "threads": torch.get_num_threads()}
+
+
+def timed(call, device="cpu"):
+    """Milliseconds of ``call()``, the device's queued work included (synchronised on CUDA)."""
+    import torch
+
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    call()
+    sync()
+    return (time.perf_counter() - start) * 1000
 
 
 # ----- FLOP floor ----------------------------------------------------------------------------------
@@ -206,7 +225,7 @@ def build_models(length, args, workdir):
         config = Config(model=name, dataset="steps", config_dict=config_dict)
         init_seed(0, True)
         dataset = create_dataset(config)
-        model = get_model(name)(config, dataset).train()
+        model = get_model(name)(config, dataset).to(args.device).train()
         models[label] = (model, torch.optim.Adam(model.parameters(), lr=1e-3))
     return models
 
@@ -234,21 +253,27 @@ def train_steps(lengths, args):
         for length in lengths:
             models = build_models(length, args, workdir)
             torch.autograd.set_detect_anomaly(False)  # RecBole's sine.py switches it on at import
-            batch = step_batch(next(iter(models.values()))[0], length, args.batch)
+            batch = step_batch(next(iter(models.values()))[0], length, args.batch).to(args.device)
             times = {label: [] for label in models}
             for repeat in range(args.repeats + 1):  # the first round warms up
                 for label, (model, optimizer) in models.items():
-                    start = time.perf_counter()
-                    loss = model.calculate_loss(batch)
-                    optimizer.zero_grad(set_to_none=True)
-                    (loss if torch.is_tensor(loss) else sum(loss)).backward()
-                    optimizer.step()
+                    elapsed = timed(lambda: train_step(model, optimizer, batch), args.device)
                     if repeat:
-                        times[label].append((time.perf_counter() - start) * 1000)
+                        times[label].append(elapsed)
             for label in models:
                 results[(label, length)] = STATS[args.stat](times[label])
             print(f"# L={length}: " + ", ".join(f"{k} {results[(k, length)]:.1f} ms" for k in models), file=sys.stderr, flush=True)
     return results
+
+
+def train_step(model, optimizer, batch):
+    """One forward, backward and Adam step of ``model`` on ``batch``."""
+    import torch
+
+    loss = model.calculate_loss(batch)
+    optimizer.zero_grad(set_to_none=True)
+    (loss if torch.is_tensor(loss) else sum(loss)).backward()
+    optimizer.step()
 
 
 def train_step_report(results, lengths, args) -> str:
@@ -262,7 +287,8 @@ def train_step_report(results, lengths, args) -> str:
         rows.append("| " + " | ".join(cells) + " |")
     settings = (f"training step (forward, backward, Adam) on full-length histories, batch {args.batch}, hidden {args.hidden}, "
                 f"{args.heads} heads, 2 layers, window {args.window}, block {args.block}, top {args.top}, "
-                f"{args.threads or 'default'} thread(s), {args.stat} of {args.repeats}, models interleaved in one process")
+                f"{args.threads or 'default'} thread(s), device {args.device}, {args.stat} of {args.repeats}, "
+                f"models interleaved in one process")
     return settings + "\n\n" + "\n".join(rows)
 
 
@@ -277,14 +303,21 @@ def measure_interleaved(impls, length, args):
         torch.set_num_threads(args.threads)
     steps = {impl: build_step(impl, length, args) for impl in impls}
     torch.autograd.set_detect_anomaly(False)
-    times = {impl: [] for impl in impls}
+    on_gpu = torch.device(args.device).type == "cuda"
+    times, peaks = {impl: [] for impl in impls}, {impl: 0.0 for impl in impls}
     for repeat in range(args.repeats + 1):  # the first round warms up
         for impl, step in steps.items():
-            start = time.perf_counter()
-            step()
+            if on_gpu:  # the allocator's peak is per step, so interleaving keeps each implementation's own
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base_bytes = torch.cuda.memory_allocated()
+            elapsed = timed(step, args.device)
             if repeat:
-                times[impl].append((time.perf_counter() - start) * 1000)
-    return {impl: {"ms": STATS[args.stat](t), "threads": torch.get_num_threads()} for impl, t in times.items()}
+                times[impl].append(elapsed)
+                if on_gpu:
+                    peaks[impl] = max(peaks[impl], (torch.cuda.max_memory_allocated() - base_bytes) / 2**20)
+    return {impl: {"ms": STATS[args.stat](t), "threads": torch.get_num_threads(), **({"peak_mb": peaks[impl]} if on_gpu else {})}
+            for impl, t in times.items()}
 
 
 def run_worker(impl, length, argv):
@@ -394,10 +427,14 @@ def main(argv=None):
 def scaling_report(results, lengths, impls, args) -> str:
     """The settings line, the table, the crossover lengths and the targets, as markdown."""
     threads = next((r["threads"] for r in results.values() if "threads" in r), "?")
-    how = ("all implementations interleaved in one process (no memory figures)" if args.interleave
-           else "each (implementation, length) in its own process; MB = peak extra resident memory (VmHWM - VmRSS)")
+    gpu_memory = "MB = peak extra allocated GPU memory of a step"
+    if args.interleave:
+        how = "all implementations interleaved in one process; " + (gpu_memory if args.device.startswith("cuda") else "no memory figures")
+    else:
+        how = "each (implementation, length) in its own process; " + (
+            gpu_memory if args.device.startswith("cuda") else "MB = peak extra resident memory (VmHWM - VmRSS)")
     parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
-             f"block {args.block}, top {args.top}, attention dropout {args.dropout}, {threads} CPU threads, "
+             f"block {args.block}, top {args.top}, attention dropout {args.dropout}, device {args.device}, {threads} CPU threads, "
              f"{args.stat} of {args.repeats}; {how}", table(results, lengths, impls, args)]
     for baseline in ("recbole", "sdpa"):
         if baseline in impls and "sal" in impls:

@@ -85,7 +85,6 @@ def long_range(argv) -> str:
     informative (the whole sequence is one episode), so this isolates whether attention reaches the key.
     """
     import tempfile
-    import time
 
     import torch
     from recbole.config import Config
@@ -93,6 +92,7 @@ def long_range(argv) -> str:
     from recbole.data.interaction import Interaction
     from recbole.utils import get_model, init_seed
 
+    from recbole_mm.bench.attention import timed, train_step
     from recbole_mm.bench.long_range import long_range_config, recall_examples, write_long_range_dataset
 
     args = long_range_args(argv)
@@ -108,7 +108,8 @@ def long_range(argv) -> str:
                 hidden_dropout_prob=args.dropout, attn_dropout_prob=args.dropout, **overrides))
             init_seed(args.seed, True)
             dataset = create_dataset(config)
-            model = get_model(name)(config, dataset)
+            device = config["device"]  # RecBole's choice: the GPU where there is one
+            model = get_model(name)(config, dataset).to(device)
             torch.autograd.set_detect_anomaly(False)
             to_ids = lambda a: torch.as_tensor(dataset.token2id("item_id", [str(x + 1) for x in a.reshape(-1)])).view(a.shape)  # noqa: E731
             optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
@@ -117,26 +118,21 @@ def long_range(argv) -> str:
             for step in range(args.steps):
                 seq, target = recall_examples(args.keys, args.noise, args.length, args.batch, args.lead,
                                              seed=args.seed * 100003 + step, key_run=args.key_run)
-                batch = Interaction({model.ITEM_SEQ: to_ids(seq), model.ITEM_SEQ_LEN: lengths, model.POS_ITEM_ID: to_ids(target)})
-                start = time.perf_counter()
+                batch = Interaction({model.ITEM_SEQ: to_ids(seq), model.ITEM_SEQ_LEN: lengths, model.POS_ITEM_ID: to_ids(target)}).to(device)
                 model.train()
-                loss = model.calculate_loss(batch)
-                optimizer.zero_grad()
-                (loss if torch.is_tensor(loss) else sum(loss)).backward()
-                optimizer.step()
-                step_ms.append((time.perf_counter() - start) * 1000)
+                step_ms.append(timed(lambda: train_step(model, optimizer, batch), device))
             seq, target = recall_examples(args.keys, args.noise, args.length, 256, args.lead, seed=10**6 + args.seed, key_run=args.key_run)
             model.eval()
             with torch.no_grad():
-                scores = model.full_sort_predict(Interaction({model.ITEM_SEQ: to_ids(seq), model.ITEM_SEQ_LEN: torch.full((256,), args.length)}))
-            accuracy = float((scores.argmax(1) == to_ids(target)).float().mean())
+                scores = model.full_sort_predict(Interaction({model.ITEM_SEQ: to_ids(seq), model.ITEM_SEQ_LEN: torch.full((256,), args.length)}).to(device))
+            accuracy = float((scores.argmax(1).cpu() == to_ids(target)).float().mean())
             rows.append((label, accuracy, sorted(step_ms)[len(step_ms) // 2]))
             print(f"# {label}: accuracy {accuracy:.3f}", file=sys.stderr, flush=True)
     table = ["| variant | test accuracy | ms / step |", "|---|---|---|"]
     table += [f"| {label} | {accuracy:.3f} | {ms:.0f} |" for label, accuracy, ms in rows]
     settings = (f"L {args.length}, a run of {args.key_run} key items starting in the first {args.lead + 1} positions, {args.keys} keys (chance {1 / args.keys:.3f}), "
                 f"{args.noise} filler items, {args.steps} Adam steps of {args.batch} (lr {args.lr}), hidden {args.hidden}, dropout {args.dropout}, "
-                f"seed {args.seed}, {args.threads} thread(s), window 32, block 16, top 4")
+                f"seed {args.seed}, {args.threads} thread(s), device {device}, window 32, block 16, top 4")
     return "\n".join(table) + f"\n\nSettings: {settings}."
 
 
