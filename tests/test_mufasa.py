@@ -334,3 +334,18 @@ def test_sparse_attention_recalls_an_item_beyond_the_window(isolated_run):
         torch.set_num_threads(threads)
     assert accuracy["select"] > 0.6, accuracy
     assert accuracy["window"] < 0.3, accuracy  # chance is 1/8
+
+
+def test_long_range_script_reports_its_variants_and_device():
+    """``python -m recbole_mm.bench.mufasa --long-range`` end to end on a tiny budget: one row per
+    variant, an accuracy in [0, 1], and the device the models ran on (RecBole's choice) in the settings."""
+    from recbole_mm.bench.mufasa import long_range
+
+    report = long_range(["--long-range", "--length", "24", "--lead", "2", "--key-run", "2", "--keys", "4",
+                         "--noise", "20", "--steps", "2", "--batch", "4", "--hidden", "8",
+                         "--variants", "SASRec,MUFASA window-only"])
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| variant")]
+    assert [row.split(" | ")[0] for row in rows] == ["| SASRec", "| MUFASA window-only"]
+    assert all(0.0 <= float(row.split(" | ")[1]) <= 1.0 for row in rows)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f"device {expected}" in report

@@ -465,3 +465,17 @@ def test_interleaved_scaling_table_has_time_ratios_and_floors(capsys):
     header = next(line for line in out.splitlines() if line.startswith("| L "))
     assert "SAL/sdpa time" in header and "floor" in header and "MB" not in header  # no memory in one process
     assert "interleaved in one process" in out
+
+
+def test_timed_waits_for_queued_cuda_work(monkeypatch):
+    """On a CUDA device the timer synchronises before starting and after the call (kernels are
+    asynchronous: without it a GPU step would be timed at its launch cost); on the CPU it does not."""
+    from recbole_mm.bench.attention import timed
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: events.append("sync"))
+    assert timed(lambda: events.append("call"), "cuda") >= 0
+    assert events == ["sync", "call", "sync"]
+    events.clear()
+    timed(lambda: events.append("call"), "cpu")
+    assert events == ["call"]
