@@ -556,3 +556,28 @@ def test_speed_bench_times_each_model_on_a_regimes_data(tmp_path):
     results = speed.measure("cold", ["SASRec", "SASRecMM"], str(tmp_path), steps=1, eval_batches=1, rounds=1, overrides={})
     assert list(results) == ["SASRec", "SASRecMM"]
     assert all(row["train_ms"] > 0 and row["infer_ms_per_user"] > 0 and row["params"] > 0 for row in results.values())
+
+
+def test_sharing_warnings_name_what_parallel_runs_contend_for():
+    """More threads than cores, or several runs on one GPU, each get one warning line; a budget that
+    fits gets none."""
+    assert runner.sharing_warnings(2, 1, on_gpu=False, cores=2) == []
+    assert runner.sharing_warnings(1, None, on_gpu=True, cores=2) == []
+    [cpu] = runner.sharing_warnings(2, 2, on_gpu=False, cores=2)
+    assert "exceed this machine's 2 cores" in cpu and "--jobs <= 2" in cpu
+    [gpu] = runner.sharing_warnings(18, 1, on_gpu=True, cores=16)
+    assert "18 runs share one GPU" in gpu and "MPS" in gpu
+
+
+def test_execute_warns_before_running_oversubscribed_jobs(tmp_path, monkeypatch, capsys):
+    """The warning comes once, from the runner, before any run; with nothing to run it stays quiet."""
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 1)
+    spec = runner.RunSpec("SASRec", "none", {"use_gpu": False}, 2020, None, {})
+    cache = runner.RunCache(str(tmp_path))
+    runner.execute([spec, spec], cache, {"threads": 1}, jobs=2, run_missing=False)
+    assert "warning" not in capsys.readouterr().err
+    monkeypatch.setattr(runner, "run_model", lambda *a, **k: dict(pipeline.new_row("SASRec", "none", 2020), status="failed",
+                                                                 error="stub", wall_s=0.0))
+    runner.execute([spec], cache, {"threads": 1}, jobs=2)
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "exceed this machine's 1 cores" in err
