@@ -581,3 +581,12 @@ def test_execute_warns_before_running_oversubscribed_jobs(tmp_path, monkeypatch,
     runner.execute([spec], cache, {"threads": 1}, jobs=2)
     err = capsys.readouterr().err
     assert err.count("warning:") == 1 and "exceed this machine's 1 cores" in err
+
+
+def test_settings_name_every_device_the_cached_runs_trained_on():
+    """A table may mix runs from a CPU machine and a GPU lease: the settings line counts each device."""
+    from recbole_mm.bench.report import devices_text
+
+    assert devices_text([{"device": "cpu"}, {"device": "cpu"}]) == "cpu"
+    assert devices_text([{"device": "cpu"}, {"device": "cuda"}, {"device": "cpu"}, {}]) == "cpu (2 runs), cuda (1 run)"
+    assert devices_text([{}]) == "-"

@@ -18,6 +18,7 @@ A failed run shows as ``failed: <error>`` in the table; the other models are rep
 Runs only read here: the report never imports the scripts that wrote the results files.
 """
 
+import collections
 import os
 import platform
 import time
@@ -448,9 +449,17 @@ def _threads_text(rows) -> str:
     return ", ".join(str(t) for t in threads) or "-"
 
 
+def devices_text(rows) -> str:
+    """The devices the rows were trained on, with run counts where there are several (``cpu (12 runs),
+    cuda (1 run)``): cached runs may come from different machines."""
+    counts = collections.Counter(row.get("device") for row in rows if row.get("device"))
+    if len(counts) <= 1:
+        return next(iter(counts), "-")
+    return ", ".join(f"{device} ({n} run{'s' if n > 1 else ''})" for device, n in sorted(counts.items()))
+
+
 def settings_lines(settings, rows) -> List[str]:
     profile = settings["profile"]
-    devices = sorted({row.get("device") for row in rows if row.get("device")})
     lines = [
         f"- dataset: `{settings['dataset']}`; models: {', '.join(settings['models'])}",
         f"- profile {_profile_text(profile)}",
@@ -467,7 +476,7 @@ def settings_lines(settings, rows) -> List[str]:
         lines.append(f"- overrides applied to every model: `{settings['overrides']}`")
     lines.append(
         f"- machine: {platform.platform()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
-        f"device {', '.join(devices) or '-'}, torch threads {_threads_text(rows)}; "
+        f"device {devices_text(rows)}, torch threads {_threads_text(rows)}; "
         f"each run in its own process: {settings.get('isolated', True)}"
     )
     lines.append(f"- written {time.strftime('%Y-%m-%d %H:%M:%S')}")
