@@ -141,27 +141,49 @@ def measure(impl, length, args):
     # which NaN-checks every backward output; measure the attention, not that
     torch.autograd.set_detect_anomaly(False)
     step()  # warm-up: lazy initialisation, first-touch of the allocator
-    on_gpu = torch.device(args.device).type == "cuda"
-    if on_gpu:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base_bytes = torch.cuda.memory_allocated()
-    else:
-        _reset_peak()
-        base_kb = _status_kb("VmRSS")
+    peak = PeakMemory(args.device)
+    peak.start()
     times = [timed(step, args.device) for _ in range(args.repeats)]
-    if on_gpu:
-        peak_mb = (torch.cuda.max_memory_allocated() - base_bytes) / 2**20
-    else:
-        peak_mb = (_status_kb("VmHWM") - base_kb) / 1024
-    return {"ms": STATS[args.stat](times), "peak_mb": peak_mb, "threads": torch.get_num_threads()}
+    return {"ms": STATS[args.stat](times), "peak_mb": peak.extra_mb(), "threads": torch.get_num_threads()}
+
+
+def is_cuda(device) -> bool:
+    import torch
+
+    return torch.device(device).type == "cuda"
+
+
+class PeakMemory:
+    """Extra memory of the work between :meth:`start` and :meth:`extra_mb`: the CUDA allocator's peak
+    on a GPU, the process's resident high-water mark (``VmHWM - VmRSS``, Linux) on a CPU."""
+
+    def __init__(self, device):
+        self.cuda = is_cuda(device)
+        self.base_bytes = 0
+
+    def start(self) -> None:
+        import torch
+
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base_bytes = torch.cuda.memory_allocated()
+        else:
+            _reset_peak()
+            self.base_bytes = _status_kb("VmRSS") * 1024
+
+    def extra_mb(self) -> float:
+        import torch
+
+        peak = torch.cuda.max_memory_allocated() if self.cuda else _status_kb("VmHWM") * 1024
+        return (peak - self.base_bytes) / 2**20
 
 
 def timed(call, device="cpu"):
     """Milliseconds of ``call()``, the device's queued work included (synchronised on CUDA)."""
     import torch
 
-    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if is_cuda(device) else (lambda: None)
     sync()
     start = time.perf_counter()
     call()
@@ -303,19 +325,19 @@ def measure_interleaved(impls, length, args):
         torch.set_num_threads(args.threads)
     steps = {impl: build_step(impl, length, args) for impl in impls}
     torch.autograd.set_detect_anomaly(False)
-    on_gpu = torch.device(args.device).type == "cuda"
+    # the CUDA allocator's peak resets per step, so interleaving keeps each implementation's own;
+    # the process's resident high-water mark would mix them, so the CPU gets no memory figures here
+    on_gpu, peak = is_cuda(args.device), PeakMemory(args.device)
     times, peaks = {impl: [] for impl in impls}, {impl: 0.0 for impl in impls}
     for repeat in range(args.repeats + 1):  # the first round warms up
         for impl, step in steps.items():
-            if on_gpu:  # the allocator's peak is per step, so interleaving keeps each implementation's own
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                base_bytes = torch.cuda.memory_allocated()
+            if on_gpu:
+                peak.start()
             elapsed = timed(step, args.device)
             if repeat:
                 times[impl].append(elapsed)
                 if on_gpu:
-                    peaks[impl] = max(peaks[impl], (torch.cuda.max_memory_allocated() - base_bytes) / 2**20)
+                    peaks[impl] = max(peaks[impl], peak.extra_mb())
     return {impl: {"ms": STATS[args.stat](t), "threads": torch.get_num_threads(), **({"peak_mb": peaks[impl]} if on_gpu else {})}
             for impl, t in times.items()}
 
@@ -427,12 +449,12 @@ def main(argv=None):
 def scaling_report(results, lengths, impls, args) -> str:
     """The settings line, the table, the crossover lengths and the targets, as markdown."""
     threads = next((r["threads"] for r in results.values() if "threads" in r), "?")
-    gpu_memory = "MB = peak extra allocated GPU memory of a step"
-    if args.interleave:
-        how = "all implementations interleaved in one process; " + (gpu_memory if args.device.startswith("cuda") else "no memory figures")
+    if is_cuda(args.device):
+        memory = "MB = peak extra allocated GPU memory of a step"
     else:
-        how = "each (implementation, length) in its own process; " + (
-            gpu_memory if args.device.startswith("cuda") else "MB = peak extra resident memory (VmHWM - VmRSS)")
+        memory = "no memory figures" if args.interleave else "MB = peak extra resident memory (VmHWM - VmRSS)"
+    how = ("all implementations interleaved in one process; " if args.interleave
+           else "each (implementation, length) in its own process; ") + memory
     parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
              f"block {args.block}, top {args.top}, attention dropout {args.dropout}, device {args.device}, {threads} CPU threads, "
              f"{args.stat} of {args.repeats}; {how}", table(results, lengths, impls, args)]
