@@ -134,3 +134,17 @@ def test_regime_mode_refuses_its_own_data_and_sizes(tiny_planted):
     assert args.regime == "dense" and args.seeds is None and not args.publish
     with pytest.raises(SystemExit, match="--regime fixes the dataset"):
         variants.main(cammsr.SUITE, args)
+
+
+def test_step_ratio_only_between_runs_of_one_machine():
+    from recbole_mm.bench import variants
+
+    def summary(ms, *machines):
+        return {"ms_per_step": ms, "machines": set(machines)}
+
+    assert variants.step_ratio_text(summary(3.0, "a"), summary(2.0, "a")) == "1.50x"
+    assert variants.step_ratio_text(summary(3.0, None), summary(2.0, None)) == "1.50x"  # both predate the record
+    assert variants.step_ratio_text(summary(3.0, "a"), summary(2.0, "b")) == "other machine"
+    assert variants.step_ratio_text(summary(3.0, "a"), summary(2.0, None)) == "other machine"
+    assert variants.step_ratio_text(summary(3.0, "a", "b"), summary(2.0, "a")) == "other machine"
+    assert variants.step_ratio_text(summary(3.0, "a"), {}) == "-"

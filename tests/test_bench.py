@@ -264,7 +264,7 @@ def test_isolated_run_reports_its_own_metrics_memory_and_progress(tiny_config, c
     assert row["status"] == "ok", row["error"]
     # a generic-Trainer baseline runs under the plugin's trainer: its state ends with the finished run's checkpoint
     assert state.is_dir() and pipeline.last_checkpoint(str(state)) is not None
-    assert row["threads"] == 1
+    assert row["threads"] == 1 and row["machine"] == measure.machine_id()
     assert (row["model"], row["seed"], row["train_steps"], row["epochs"], len(row["valid_curve"])) == ("SASRec", 3, 2, 1, 1)
     assert 0.0 <= row["ndcg@10"] <= 1.0 and row["peak_rss_mb"] > 50 and row["params"] > 0
     assert row["infer_ms_per_user"] > 0 and row["test_users"] == 60

@@ -166,6 +166,18 @@ def cold_metrics(ranks, targets, item_counts, cold_max_count: int, k: int = 10) 
     }
 
 
+def machine_id() -> str:
+    """The machine a run's timings belong to: this boot of this host (Linux's boot id), else the host
+    name. Step times of two runs are comparable only when they share it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        import platform
+
+        return platform.node() or "unknown"
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (VmHWM on Linux, else ru_maxrss)."""
     try:

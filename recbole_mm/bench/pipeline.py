@@ -34,6 +34,7 @@ from recbole_mm.bench.measure import (
     PER_USER_KEY,
     cold_mask,
     cold_metrics,
+    machine_id,
     peak_rss_mb,
     per_user_ndcg,
     protocol_metrics,
@@ -76,6 +77,7 @@ def new_row(model: str, dataset: str, seed: int) -> dict:
         "cold_users": 0,
         "device": None,
         "threads": None,
+        "machine": None,
         "wall_s": None,
         "finished_at": None,
     }
@@ -124,6 +126,7 @@ def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches
         if threads:
             torch.set_num_threads(int(threads))
         row["threads"] = torch.get_num_threads()
+        row["machine"] = machine_id()
         for module in imports:
             importlib.import_module(module)
         config_dict = dict(config_dict, seed=int(seed))

@@ -76,8 +76,21 @@ def summarize_variant(rows: List[dict]) -> dict:
         ndcg_std=float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0,
         per_user=stats.seed_average([row.get("per_user") for row in ok], protocol),
         ms_per_step=float(np.mean([row["train_ms_per_step"] for row in ok])),
+        machines={row.get("machine") for row in ok},
     )
     return summary
+
+
+def step_ratio_text(summary: dict, reference: dict) -> str:
+    """``summary``'s train step time over ``reference``'s, or why there is none. Runs that record their
+    machine (:func:`recbole_mm.bench.measure.machine_id`) are compared only when all of both variants'
+    runs share one; two variants that both predate the record keep the plain ratio."""
+    if not reference.get("ms_per_step"):
+        return "-"
+    machines = summary.get("machines", {None}) | reference.get("machines", {None})
+    if machines - {None} and len(machines) > 1:
+        return "other machine"
+    return f"{summary['ms_per_step'] / reference['ms_per_step']:.2f}x"
 
 
 def compare_with(summary: dict, reference: dict):
@@ -115,13 +128,14 @@ def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, see
         else:
             cells += ["-", "-", "-"]
         cells.append(f"{summary['ms_per_step']:.1f}")
-        cells.append(f"{summary['ms_per_step'] / ref['ms_per_step']:.2f}x" if ref.get("ms_per_step") else "-")
+        cells.append(step_ratio_text(summary, ref))
         lines.append("| " + " | ".join(cells) + " |")
     protocol = next((s["protocol"] for s in summaries.values() if s.get("protocol")), "full")
     lines += ["", f"Regime `{regime}`, seeds {', '.join(map(str, seeds))}, each model at its tuned point; NDCG@10 under "
               f"{'history-excluded' if protocol == 'excl' else 'RecBole'} ranking. Δ: per-user NDCG@10 minus {reference}'s "
               "(each averaged over seeds first), paired bootstrap 95% CI over test users; the verdict comes from the CI. "
-              "Step times are means of whole runs that may have shared the CPU."]
+              "Step times are means of whole runs that may have shared the CPU; a ratio needs both variants' runs "
+              "on one machine (\"other machine\" otherwise)."]
     return "\n".join(lines) + "\n"
 
 
