@@ -590,3 +590,18 @@ def test_settings_name_every_device_the_cached_runs_trained_on():
     assert devices_text([{"device": "cpu"}, {"device": "cpu"}]) == "cpu"
     assert devices_text([{"device": "cpu"}, {"device": "cuda"}, {"device": "cpu"}, {}]) == "cpu (2 runs), cuda (1 run)"
     assert devices_text([{}]) == "-"
+
+
+def test_speed_ratios_only_between_runs_of_one_machine():
+    from recbole_mm.bench import report
+
+    def run(model, seed, machine, ms):
+        return dict(_fake_run(model, seed, 0.1, ms_per_step=ms), machine=machine)
+
+    same = report.summarize([run("SASRec", 1, "a", 10.0), run("MUFASA", 1, "a", 25.0)], ["SASRec", "MUFASA"])
+    assert same[1]["train_step_ratio"] == pytest.approx(2.5) and same[1]["infer_ratio"] == pytest.approx(1.0)
+    other = report.summarize([run("SASRec", 1, "a", 10.0), run("MUFASA", 1, "b", 25.0)], ["SASRec", "MUFASA"])
+    assert other[1]["train_step_ratio"] is None and other[1]["infer_ratio"] is None
+    assert other[0]["train_step_ratio"] == pytest.approx(1.0)  # the reference against itself
+    unrecorded = report.summarize([run("SASRec", 1, None, 10.0), run("MUFASA", 1, None, 25.0)], ["SASRec", "MUFASA"])
+    assert unrecorded[1]["train_step_ratio"] == pytest.approx(2.5)  # rows that predate the record compare as before

@@ -178,6 +178,14 @@ def machine_id() -> str:
         return platform.node() or "unknown"
 
 
+def same_machine(*runs_machines) -> bool:
+    """Whether timings of groups of runs (each a set of :func:`machine_id` values, None = not recorded)
+    may be compared: all known ids are one, and a known id never meets an unrecorded one. Groups that
+    all predate the record compare as before."""
+    machines = set().union(*runs_machines)
+    return not (machines - {None}) or len(machines) == 1
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (VmHWM on Linux, else ru_maxrss)."""
     try:

@@ -28,7 +28,7 @@ import pandas as pd
 
 from recbole_mm.bench import stats
 from recbole_mm.bench.measure import (
-    COLD_KEYS, COLD_USERS_KEY, HISTORY_KEYS, METRIC_KEYS, NOT_RUN, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS,
+    COLD_KEYS, COLD_USERS_KEY, HISTORY_KEYS, METRIC_KEYS, NOT_RUN, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS, same_machine,
 )
 from recbole_mm.bench.profiles import MULTIMODAL_REFERENCE, PROFILES, REGIMES, SPEED_REFERENCE
 
@@ -106,6 +106,7 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> List[dict]:
             "uses_features": next((row.get("uses_features") for row in runs if row.get("uses_features") is not None), None),
             "point": next((row.get("point") for row in runs if row.get("point")), None),
             "error": "; ".join(errors),
+            "machines": {row.get("machine") for row in ok},
         }
         summary.update(_numeric_stats(ok))
         for protocol in PROTOCOLS:
@@ -125,10 +126,12 @@ def _mean_curve(curves):
 
 
 def _add_speed_ratios(summaries, reference=SPEED_REFERENCE):
+    """Time ratios to ``reference``; None where either has no time or their runs ran on other machines."""
     ref = next((s for s in summaries if s["model"] == reference and s["seeds_ok"]), None)
     for summary in summaries:
+        comparable = ref is not None and same_machine(summary["machines"], ref["machines"])
         for ratio, key in (("train_step_ratio", "train_ms_per_step_mean"), ("infer_ratio", "infer_ms_per_user_mean")):
-            value, base = summary.get(key), ref.get(key) if ref else None
+            value, base = summary.get(key), ref.get(key) if comparable else None
             summary[ratio] = value / base if value is not None and base else None
 
 
@@ -284,8 +287,9 @@ def speed_table(summaries, reference=SPEED_REFERENCE) -> List[str]:
     intro = (
         f"Training step time (forward + backward + optimiser step, batch as in settings) and full-sort inference "
         f"time per test user (model scoring of the whole catalogue) as ratios to {reference} of this table. "
-        "Cached runs keep the timings of the session that ran them (runs.csv: finished_at); timings are only "
-        "comparable between runs made under the same machine load (on a shared machine, pin `--threads`)."
+        "Cached runs keep the timings of the session that ran them (runs.csv: finished_at, machine); a ratio is "
+        "left out (-) where the runs of the two models ran on other machines, and timings are only comparable "
+        "between runs made under the same machine load (on a shared machine, pin `--threads`)."
     )
     return [intro, ""] + _table(header, rows)
 

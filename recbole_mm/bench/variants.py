@@ -17,6 +17,7 @@ import numpy as np
 
 from recbole_mm import resources
 from recbole_mm.bench import benchmark, stats
+from recbole_mm.bench.measure import same_machine
 from recbole_mm.bench.pipeline import say
 from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
 from recbole_mm.bench.runner import RunSpec, execute, model_fingerprint
@@ -87,8 +88,7 @@ def step_ratio_text(summary: dict, reference: dict) -> str:
     runs share one; two variants that both predate the record keep the plain ratio."""
     if not reference.get("ms_per_step"):
         return "-"
-    machines = summary.get("machines", {None}) | reference.get("machines", {None})
-    if machines - {None} and len(machines) > 1:
+    if not same_machine(summary["machines"], reference["machines"]):
         return "other machine"
     return f"{summary['ms_per_step'] / reference['ms_per_step']:.2f}x"
 
