@@ -112,6 +112,15 @@ def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_pair
     assert "| CAMMSR | - | 2/2 |" in text and "reference" in text
     assert len(os.listdir(tmp_path / "published" / "dense" / "runs")) == 4  # both variants' rows at seeds 2020-2021
 
+    against_variant = argparse.Namespace(dataset="tiny", reference="w/o swap CL")
+    _, text = variants.run(cammsr.SUITE, table, dataclasses.replace(table, run_missing=False), names, [2020, 2021],
+                           against_variant)
+    row = next(line for line in text.splitlines() if line.startswith("| CAMMSR |"))
+    assert "+0.0500 [+0.0500, +0.0500]" in row and "| better |" in row and "1.25x" in row
+    assert "Δ vs w/o swap CL" in text and variants.table_name(cammsr.SUITE, against_variant) == "cammsr_ablation_vs_w_o_swap_CL.md"
+    assert variants.table_name(cammsr.SUITE, args) == "cammsr_ablation.md"
+    with pytest.raises(SystemExit, match="--reference 'SASRec' is not among"):
+        variants.run(cammsr.SUITE, table, table, names, [2020], argparse.Namespace(dataset="tiny", reference="SASRec"))
     with pytest.raises(SystemExit, match="include 'CAMMSR'"):
         variants.run(cammsr.SUITE, table, table, ["w/o swap CL"], [2020], args)
     with pytest.raises(SystemExit, match="own copy of the data"):

@@ -73,6 +73,8 @@ COMMON_OPTIONS = (
     ("--seeds", dict(type=int, help="--regime: seeds per variant (default 2)")),
     ("--publish", dict(action="store_true", help="--regime: ship the finished rows in recbole_mm/bench/published/")),
     ("--report-only", dict(action="store_true", help="--regime: only the table of the runs already cached")),
+    ("--reference", dict(help="--regime: the variant every Δ and step ratio is taken against (default: the full model); "
+                              "the table goes to <suite>_ablation_vs_<reference>.md")),
 )
 
 

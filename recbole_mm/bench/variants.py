@@ -8,9 +8,12 @@ a run in flight resumes, ``--publish`` ships the rows). A variant changes only i
 of that; the full model's runs are the regime's own rows. The table gives, per variant, NDCG@10
 (mean +- std over seeds) and the seed-averaged per-user difference to the full model with its paired
 bootstrap 95% CI and verdict (:mod:`recbole_mm.bench.stats`), and the training step time as a ratio.
+``--reference NAME`` takes the differences and ratios against another variant instead (for example
+SASRecMM, the model a multimodal variant has to beat), from the same cached runs.
 """
 
 import os
+import re
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -153,6 +156,9 @@ def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], 
     """Train (or read) every variant x seed; return ``(summaries, markdown)``. ``publish`` ships the rows."""
     if not suite.full_variant or suite.full_variant not in names:
         raise SystemExit(f"--regime compares with the full model: include '{suite.full_variant}' in --variants")
+    reference = reference_of(suite, args)
+    if reference not in names:
+        raise SystemExit(f"--reference '{reference}' is not among --variants")
     check_shared_data(suite, names)
     models = sorted({suite.variants[name][0] for name in names})
     tuning = benchmark.tuned_points(tuning_table, models)
@@ -169,7 +175,20 @@ def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], 
     for (name, _), row in zip(specs, rows):
         grouped[name].append(row)
     summaries = {name: summarize_variant(group) for name, group in grouped.items()}
-    return summaries, markdown(suite, summaries, suite.full_variant, os.path.basename(table.results_dir), seeds)
+    return summaries, markdown(suite, summaries, reference, os.path.basename(table.results_dir), seeds)
+
+
+def reference_of(suite, args) -> str:
+    """The variant a regime table compares with: ``--reference``, else the full model."""
+    return getattr(args, "reference", None) or suite.full_variant
+
+
+def table_name(suite, args) -> str:
+    """``<suite>_ablation.md``, or ``<suite>_ablation_vs_<reference>.md`` for another reference."""
+    reference = reference_of(suite, args)
+    if reference == suite.full_variant:
+        return f"{suite.name}_ablation.md"
+    return f"{suite.name}_ablation_vs_{re.sub(r'[^A-Za-z0-9]+', '_', reference).strip('_')}.md"
 
 
 def main(suite, args) -> int:
@@ -186,7 +205,7 @@ def main(suite, args) -> int:
     seeds = list(range(FIRST_SEED, FIRST_SEED + (args.seeds or DEFAULT_SEEDS)))
     _, text = run(suite, table, tuning_table, names, seeds, args, publish=args.publish)
     print(text)
-    path = os.path.join(table.results_dir, f"{suite.name}_ablation.md")
+    path = os.path.join(table.results_dir, table_name(suite, args))
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     say(f"table: {path}")
