@@ -123,10 +123,55 @@ def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_pair
         variants.run(cammsr.SUITE, table, table, names, [2020], argparse.Namespace(dataset="tiny", reference="SASRec"))
     with pytest.raises(SystemExit, match="include 'CAMMSR'"):
         variants.run(cammsr.SUITE, table, table, ["w/o swap CL"], [2020], args)
-    with pytest.raises(SystemExit, match="own copy of the data"):
-        variants.run(cammsr.SUITE, table, table, ["CAMMSR", cammsr.NOISY], [2020], args)
     with pytest.raises(SystemExit, match="--regime dense --models MUFASA"):
         variants.run(mufasa.SUITE, table, dataclasses.replace(table, run_missing=False), ["MUFASA"], [2020], args)
+
+
+def test_regime_noise_variant_trains_on_its_own_copy_paired_with_the_clean_model(tiny_planted, tmp_path, monkeypatch):
+    """Under --regime the category-noise variant gets a kept copy of the regime's data (its runs read
+    that folder and are keyed by its fingerprint), and pairs with clean CAMMSR on the same users."""
+    import argparse
+
+    from recbole_mm.bench import benchmark, runner, variants
+    from recbole_mm.bench.planted import planted_config
+    from recbole_mm.bench.profiles import DENSE
+
+    planted, data_path = tiny_planted
+    calls, folders = [], []
+    fake = fake_run_model(calls, users=40, spread=0.01)
+
+    def recording(model, dataset, config, seed=2020, data_path=None, **options):
+        folders.append(data_path)
+        return fake(model, dataset, config, seed, data_path, **options)
+
+    monkeypatch.setattr(runner, "run_model", recording)
+    monkeypatch.setattr(benchmark, "PUBLISHED_DIR", str(tmp_path / "published"))
+    table = benchmark.make_table("tiny", DENSE, str(tmp_path / "out"), name="dense", data_path=data_path,
+                                 base_config=planted_config(planted, data_path), published=True)
+    tuning = benchmark.tune(table, ["CAMMSR"])
+    benchmark.run_table(table, ["CAMMSR"], {"CAMMSR": tuning["CAMMSR"]["chosen"]}, tuning=tuning)
+    args = argparse.Namespace(dataset="tiny", noise=0.5, seed=2020)
+    names, seeds = ["CAMMSR", cammsr.NOISY], [2020, 2021]
+    del folders[:]
+    summaries, text = variants.run(cammsr.SUITE, table, dataclasses_replace(table), names, seeds, args)
+    copy = os.path.join(table.results_dir, variants.OWN_DATA_FOLDER, "category_noise")
+    assert folders == [copy, copy]  # only the noise variant trained, on the kept copy
+    clean = open(os.path.join(data_path, "tiny", "tiny.item"), encoding="utf-8").read()
+    noisy = open(os.path.join(copy, "tiny", "tiny.item"), encoding="utf-8").read()
+    assert noisy != clean and len(noisy.splitlines()) == len(clean.splitlines())
+    assert summaries[cammsr.NOISY]["seeds_ok"] == 2 and "| category noise | - | 2/2 |" in text
+    own_data = variants.own_data_paths(cammsr.SUITE, table, names, args)  # a second invocation
+    specs = variants.variant_specs(cammsr.SUITE, table, benchmark.tuned_points(table, ["CAMMSR"]), names, seeds, args, own_data)
+    keys = [row["key"] for row in variants.execute_specs(dataclasses_replace(table), specs, own_data)]
+    assert len(set(keys)) == 4  # the noisy runs have keys of their own (the copy's fingerprint) ...
+    assert len(folders) == 2  # ... which a second invocation finds cached: the kept copy did not change
+    assert sorted(os.listdir(os.path.join(table.results_dir, variants.OWN_DATA_FOLDER))) == ["category_noise"]
+
+
+def dataclasses_replace(table, run_missing=False):
+    import dataclasses
+
+    return dataclasses.replace(table, run_missing=run_missing)
 
 
 def test_a_variant_that_restates_a_default_shares_the_full_models_runs():

@@ -45,7 +45,7 @@ class AblationSuite:
     prepare_config: Optional[Callable[[str, dict, argparse.Namespace], dict]] = None
     # (args, variant name, config, scratch folder) -> data_path for that variant (None: args.data_path)
     data_path_for: Optional[Callable[[argparse.Namespace, str, dict, str], Optional[str]]] = None
-    own_data_variants: Sequence[str] = ()  # variants that data_path_for gives their own data (not under --regime)
+    own_data_variants: Sequence[str] = ()  # variants that data_path_for gives their own copy of the data (under --regime too)
     # (header, (variant name, row, all rows) -> cell text): one more column
     extra_column: Optional[Tuple[str, Callable[[str, dict, Dict[str, dict]], str]]] = None
     # args -> extra text for the settings line

@@ -10,11 +10,19 @@ of that; the full model's runs are the regime's own rows. The table gives, per v
 bootstrap 95% CI and verdict (:mod:`recbole_mm.bench.stats`), and the training step time as a ratio.
 ``--reference NAME`` takes the differences and ratios against another variant instead (for example
 SASRecMM, the model a multimodal variant has to beat), from the same cached runs.
+
+A variant that trains on its own copy of the data (CAMMSR's category noise: the regime's dataset with
+a share of the items' categories replaced) gets that copy under ``<out>/<regime>/data/``; its runs
+are keyed by the copy's fingerprint, and its test users are the regime's, so the paired comparison
+with the clean model holds.
 """
 
+import argparse
 import os
 import re
-from typing import Dict, List, Sequence, Tuple
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +31,7 @@ from recbole_mm.bench import benchmark, stats
 from recbole_mm.bench.measure import same_machine
 from recbole_mm.bench.pipeline import say
 from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
-from recbole_mm.bench.runner import RunSpec, execute, model_fingerprint
+from recbole_mm.bench.runner import RunSpec, data_fingerprint, execute, model_fingerprint
 
 DEFAULT_SEEDS = 2
 
@@ -41,15 +49,46 @@ def effective_overrides(model: str, overrides: dict) -> dict:
     return {key: value for key, value in overrides.items() if key not in defaults or defaults[key] != value}
 
 
-def check_shared_data(suite, names: Sequence[str]) -> None:
-    """Every variant must train on the regime's own data: one that needs a data copy is refused."""
+OWN_DATA_FOLDER = "data"  # <out>/<regime>/data/<variant>/<dataset>/: the copies own-data variants train on
+
+
+def _same_files(folder_a: str, folder_b: str) -> bool:
+    return os.path.isdir(folder_a) and data_fingerprint(folder_a) == data_fingerprint(folder_b)
+
+
+def own_data_paths(suite, table, names: Sequence[str], args) -> Dict[str, str]:
+    """``{variant: data_path}`` for the variants that train on their own copy of the regime's data
+    (CAMMSR's category noise), built by the suite's ``data_path_for`` hook under
+    ``<results_dir>/data/``. A copy is built in a staging folder and replaces the kept one only when
+    its files differ, so a run reading the kept copy is never disturbed and the cache key (which holds
+    the copy's fingerprint) stays the same from one invocation to the next."""
     own = [name for name in names if name in suite.own_data_variants]
-    if own:
-        raise SystemExit(f"variant(s) {own} train on their own copy of the data: run them without --regime")
+    if not own:
+        return {}
+    hook_args = argparse.Namespace(**{**vars(args), "data_path": table.data_path})
+    folder = os.path.join(table.results_dir, OWN_DATA_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for name in own:
+        config = {**table.base_config, **suite.variants[name][1]}
+        staging = tempfile.mkdtemp(prefix=".staging_", dir=folder)
+        try:
+            built = suite.data_path_for(hook_args, name, config, staging)
+            kept = os.path.join(folder, os.path.basename(built))
+            if not _same_files(os.path.join(kept, table.dataset), os.path.join(built, table.dataset)):
+                shutil.rmtree(kept, ignore_errors=True)
+                os.replace(built, kept)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        paths[name] = kept
+    return paths
 
 
-def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], seeds: Sequence[int], args) -> List[Tuple[str, RunSpec]]:
-    """``[(variant, spec)]``: every variant x seed at its model's tuned point, under the regime's config."""
+def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], seeds: Sequence[int], args,
+                  own_data: Optional[Dict[str, str]] = None) -> List[Tuple[str, RunSpec]]:
+    """``[(variant, spec)]``: every variant x seed at its model's tuned point, under the regime's config
+    (a variant of ``own_data`` on its own copy of the data, which its data fingerprint names)."""
+    own_data = own_data or {}
     specs = []
     for name in names:
         model, overrides = suite.variants[name]
@@ -57,9 +96,25 @@ def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], s
         config = {**table.config(model, point), **effective_overrides(model, overrides)}
         if suite.prepare_config:
             config = suite.prepare_config(name, config, args)
-        fingerprints = {"data": table.data_fingerprint, "model": model_fingerprint(model)}
+        data = data_fingerprint(os.path.join(own_data[name], table.dataset)) if name in own_data else table.data_fingerprint
+        fingerprints = {"data": data, "model": model_fingerprint(model)}
         specs += [(name, RunSpec(model, table.dataset, config, seed, point, fingerprints)) for seed in seeds]
     return specs
+
+
+def execute_specs(table, specs: Sequence[Tuple[str, RunSpec]], own_data: Dict[str, str]) -> List[dict]:
+    """Rows of ``specs`` in their order; the runs of an own-data variant read their copy's folder."""
+    rows: List[Optional[dict]] = [None] * len(specs)
+    for data_path in [None, *sorted(set(own_data.values()))]:
+        members = [index for index, (name, _) in enumerate(specs) if own_data.get(name) == data_path]
+        if not members:
+            continue
+        options = table.options if data_path is None else dict(table.options, data_path=data_path)
+        done = execute([specs[index][1] for index in members], table.cache, options, jobs=table.jobs, fresh=table.fresh,
+                       run_missing=table.run_missing)
+        for index, row in zip(members, done):
+            rows[index] = row
+    return rows
 
 
 def _headline(row: dict) -> str:
@@ -159,16 +214,15 @@ def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], 
     reference = reference_of(suite, args)
     if reference not in names:
         raise SystemExit(f"--reference '{reference}' is not among --variants")
-    check_shared_data(suite, names)
     models = sorted({suite.variants[name][0] for name in names})
     tuning = benchmark.tuned_points(tuning_table, models)
     lacking = benchmark.missing_tuning(tuning) + [model for model, entry in tuning.items() if entry["chosen"] is None]
     if lacking:
         raise SystemExit(f"no tuned point for {', '.join(sorted(set(lacking)))}: run python -m recbole_mm.bench "
                          f"--regime {TUNING_REGIME} --models {','.join(sorted(set(lacking)))} first")
-    specs = variant_specs(suite, table, tuning, names, seeds, args)
-    rows = execute([spec for _, spec in specs], table.cache, table.options, jobs=table.jobs, fresh=table.fresh,
-                   run_missing=table.run_missing)
+    own_data = own_data_paths(suite, table, names, args)
+    specs = variant_specs(suite, table, tuning, names, seeds, args, own_data)
+    rows = execute_specs(table, specs, own_data)
     if publish:
         say(f"published {table.cache.publish([row['key'] for row in rows if row.get('key')])} runs to {table.cache.published_dir}")
     grouped = {name: [] for name in names}
