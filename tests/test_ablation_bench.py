@@ -159,7 +159,7 @@ def test_regime_noise_variant_trains_on_its_own_copy_paired_with_the_clean_model
     clean = open(os.path.join(data_path, "tiny", "tiny.item"), encoding="utf-8").read()
     noisy = open(os.path.join(copy, "tiny", "tiny.item"), encoding="utf-8").read()
     assert noisy != clean and len(noisy.splitlines()) == len(clean.splitlines())
-    assert summaries[cammsr.NOISY]["seeds_ok"] == 2 and "| category noise | - | 2/2 |" in text
+    assert summaries[cammsr.NOISY]["seeds_ok"] == 2 and "| category noise | category noise 50% | 2/2 |" in text
     own_data = variants.own_data_paths(cammsr.SUITE, table, names, args)  # a second invocation
     specs = variants.variant_specs(cammsr.SUITE, table, benchmark.tuned_points(table, ["CAMMSR"]), names, seeds, args, own_data)
     keys = [row["key"] for row in variants.execute_specs(dataclasses_replace(table), specs, own_data)]
@@ -172,6 +172,34 @@ def dataclasses_replace(table, run_missing=False):
     import dataclasses
 
     return dataclasses.replace(table, run_missing=run_missing)
+
+
+def _cold_row(values, cold_users=None, cold_ndcg=0.1):
+    users = [f"u{index}" for index in range(len(values))]
+    per_user = {"users": users, "full": list(values)}
+    if cold_users is not None:
+        per_user["cold"] = cold_users
+    return {"status": "ok", "exclude_history": False, "full_ndcg@10": sum(values) / len(values), "train_ms_per_step": 10.0,
+            "cold_max_count": 5, "cold_ndcg@10": cold_ndcg, "per_user": per_user}
+
+
+def test_regime_table_compares_cold_item_users_paired():
+    """Cold-item columns: the variant's seed-mean cold NDCG@10 and its paired difference on the cold
+    users only (taken from whichever run lists them: the reference's rows predate the list here)."""
+    from recbole_mm.bench import variants
+
+    cold = ["u0", "u1", "u2", "u3"]
+    reference = variants.summarize_variant([_cold_row([0.5] * 10, cold_ndcg=0.30)])
+    variant = variants.summarize_variant([_cold_row([0.6] * 4 + [0.4] * 6, cold, 0.35), _cold_row([0.6] * 4 + [0.4] * 6, cold, 0.45)])
+    text = variants.markdown(cammsr.SUITE, {"CAMMSR": reference, "w/o swap CL": variant}, "CAMMSR", "cold", [2020, 2021])
+    header, _, ref_line, line = text.splitlines()[:4]
+    assert header.endswith("| Cold-item NDCG@10 | cold Δ vs CAMMSR [95% CI] |")
+    assert ref_line.endswith("| 0.3000 | reference |")
+    assert "| -0.0200 [" in line and "| tie |" in line  # all users: a tie
+    assert line.endswith("| 0.4000 | +0.1000 [+0.1000, +0.1000] better |")  # the cold users only: better
+    assert "on the 4 test users" in text
+    plain = variants.summarize_variant([dict(_cold_row([0.5] * 10), per_user={"users": ["u0"], "full": [0.5]})])
+    assert "Cold-item" not in variants.markdown(cammsr.SUITE, {"CAMMSR": plain}, "CAMMSR", "cold", [2020])
 
 
 def test_a_variant_that_restates_a_default_shares_the_full_models_runs():

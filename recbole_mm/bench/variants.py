@@ -7,7 +7,9 @@ point each model chose on the tuning regime's grid, the regime's cache (finished
 a run in flight resumes, ``--publish`` ships the rows). A variant changes only its overrides on top
 of that; the full model's runs are the regime's own rows. The table gives, per variant, NDCG@10
 (mean +- std over seeds) and the seed-averaged per-user difference to the full model with its paired
-bootstrap 95% CI and verdict (:mod:`recbole_mm.bench.stats`), and the training step time as a ratio.
+bootstrap 95% CI and verdict (:mod:`recbole_mm.bench.stats`), the training step time as a ratio, and,
+where the runs record the regime's cold-item users, each variant's cold-item NDCG@10 with the paired
+difference on those users alone.
 ``--reference NAME`` takes the differences and ratios against another variant instead (for example
 SASRecMM, the model a multimodal variant has to beat), from the same cached runs.
 
@@ -30,6 +32,7 @@ from recbole_mm import resources
 from recbole_mm.bench import benchmark, stats
 from recbole_mm.bench.measure import same_machine
 from recbole_mm.bench.pipeline import say
+from recbole_mm.bench.report import cold_user_set
 from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
 from recbole_mm.bench.runner import RunSpec, data_fingerprint, execute, model_fingerprint
 
@@ -136,7 +139,11 @@ def summarize_variant(rows: List[dict]) -> dict:
         per_user=stats.seed_average([row.get("per_user") for row in ok], protocol),
         ms_per_step=float(np.mean([row["train_ms_per_step"] for row in ok])),
         machines={row.get("machine") for row in ok},
+        cold_users=cold_user_set(ok, ok[0].get("cold_max_count")),
     )
+    cold = [row["cold_ndcg@10"] for row in ok if row.get("cold_ndcg@10") is not None]
+    if len(cold) == len(ok):
+        summary["cold_ndcg_mean"] = float(np.mean(cold))
     return summary
 
 
@@ -151,30 +158,53 @@ def step_ratio_text(summary: dict, reference: dict) -> str:
     return f"{summary['ms_per_step'] / reference['ms_per_step']:.2f}x"
 
 
-def compare_with(summary: dict, reference: dict):
-    """Paired comparison of two variants' seed-averaged per-user NDCG@10, or None."""
+def compare_with(summary: dict, reference: dict, users=None):
+    """Paired comparison of two variants' seed-averaged per-user NDCG@10 (on ``users`` only, when
+    given), or None."""
     if not summary.get("per_user") or not reference.get("per_user"):
         return None
-    a, b = stats.paired_arrays(summary["per_user"], reference["per_user"])
+    mine = summary["per_user"] if users is None else {user: value for user, value in summary["per_user"].items() if user in users}
+    a, b = stats.paired_arrays(mine, reference["per_user"])
     return stats.compare_paired(a, b) if len(a) else None
 
 
-def _change_text(change: dict, limit: int = 80) -> str:
-    text = ", ".join(f"{key}={value}" for key, value in change.items()) or "-"
+def _change_text(suite, name: str, args, limit: int = 80) -> str:
+    """The variant's config change; an own-data variant names its data change first (``settings_extra``)."""
+    parts = [f"{key}={value}" for key, value in suite.variants[name][1].items()]
+    if name in suite.own_data_variants and suite.settings_extra and args is not None:
+        parts.insert(0, suite.settings_extra(args))
+    text = ", ".join(parts) or "-"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, seeds: Sequence[int]) -> str:
+def _difference_text(result) -> str:
+    return f"{result['diff']:+.4f} [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]"
+
+
+def _cold_cells(name: str, summary: dict, reference_name: str, reference: dict, cold_users: set) -> List[str]:
+    """Cold-item NDCG@10 (seed mean) and the paired difference to the reference on the cold-item users
+    (a property of the regime's data: the same users for every variant, runs that predate the list included)."""
+    if summary.get("cold_ndcg_mean") is None:
+        return ["-", "-"]
+    if name == reference_name:
+        return [f"{summary['cold_ndcg_mean']:.4f}", "reference"]
+    result = compare_with(summary, reference, users=cold_users)
+    return [f"{summary['cold_ndcg_mean']:.4f}", f"{_difference_text(result)} {result['verdict']}" if result else "-"]
+
+
+def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, seeds: Sequence[int], args=None) -> str:
     header = ["Variant", "Change", "Seeds", "NDCG@10", f"Δ vs {reference} [95% CI]", "Wilcoxon p", "Verdict",
               "Train ms/step", f"vs {reference}"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     ref = summaries.get(reference, {})
+    cold_users = next((s["cold_users"] for s in summaries.values() if s.get("cold_users")), None)
+    if cold_users:
+        header += ["Cold-item NDCG@10", f"cold Δ vs {reference} [95% CI]"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, summary in summaries.items():
-        change = suite.variants[name][1]
-        cells = [name, _change_text(change),
-                 f"{summary['seeds_ok']}/{summary['seeds']}"]
+        cells = [name, _change_text(suite, name, args), f"{summary['seeds_ok']}/{summary['seeds']}"]
         if not summary["seeds_ok"]:
-            lines.append("| " + " | ".join(cells + ["-"] * 5 + ["; ".join(summary["errors"])[:120] or "not run"]) + " |")
+            blank = ["-"] * (len(header) - len(cells) - 1)
+            lines.append("| " + " | ".join(cells + blank + ["; ".join(summary["errors"])[:120] or "not run"]) + " |")
             continue
         cells.append(f"{summary['ndcg_mean']:.4f} ± {summary['ndcg_std']:.4f}")
         result = None if name == reference else compare_with(summary, ref)
@@ -182,18 +212,22 @@ def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, see
             cells += ["reference", "-", "-"]
         elif result is not None:
             p_value = "-" if result["wilcoxon_p"] is None else f"{result['wilcoxon_p']:.2g}"
-            cells += [f"{result['diff']:+.4f} [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]", p_value, result["verdict"]]
+            cells += [_difference_text(result), p_value, result["verdict"]]
         else:
             cells += ["-", "-", "-"]
         cells.append(f"{summary['ms_per_step']:.1f}")
         cells.append(step_ratio_text(summary, ref))
+        if cold_users:
+            cells += _cold_cells(name, summary, reference, ref, cold_users)
         lines.append("| " + " | ".join(cells) + " |")
     protocol = next((s["protocol"] for s in summaries.values() if s.get("protocol")), "full")
+    cold_note = (f" Cold-item NDCG@10: on the {len(cold_users)} test users whose target item is rare in training "
+                 "(the regime report's cold users), with the paired difference on those users." if cold_users else "")
     lines += ["", f"Regime `{regime}`, seeds {', '.join(map(str, seeds))}, each model at its tuned point; NDCG@10 under "
               f"{'history-excluded' if protocol == 'excl' else 'RecBole'} ranking. Δ: per-user NDCG@10 minus {reference}'s "
               "(each averaged over seeds first), paired bootstrap 95% CI over test users; the verdict comes from the CI. "
               "Step times are means of whole runs that may have shared the CPU; a ratio needs both variants' runs "
-              "on one machine (\"other machine\" otherwise)."]
+              "on one machine (\"other machine\" otherwise)." + cold_note]
     return "\n".join(lines) + "\n"
 
 
@@ -229,7 +263,7 @@ def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], 
     for (name, _), row in zip(specs, rows):
         grouped[name].append(row)
     summaries = {name: summarize_variant(group) for name, group in grouped.items()}
-    return summaries, markdown(suite, summaries, reference, os.path.basename(table.results_dir), seeds)
+    return summaries, markdown(suite, summaries, reference, os.path.basename(table.results_dir), seeds, args)
 
 
 def reference_of(suite, args) -> str:
