@@ -202,6 +202,39 @@ def test_regime_table_compares_cold_item_users_paired():
     assert "Cold-item" not in variants.markdown(cammsr.SUITE, {"CAMMSR": plain}, "CAMMSR", "cold", [2020])
 
 
+class _UnhandledSigterm(RuntimeError):
+    pass
+
+
+def test_kill_stops_a_suite_and_its_worker_like_ctrl_c(tiny_planted, tmp_path, monkeypatch):
+    """``kill`` of a suite's command (SIGTERM) while a worker trains: the worker is killed with it (none
+    is left orphaned), the command ends with status 130, and the caller's own SIGTERM handler is back."""
+    import signal
+    import time
+
+    from recbole_mm.bench import runner
+
+    pid_file = tmp_path / "worker.pid"
+    worker = (f"import os, signal, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+              "os.kill(os.getppid(), signal.SIGTERM); time.sleep(120)")
+    monkeypatch.setattr(runner, "_WORKER_CODE", worker)
+
+    def unhandled(signum, frame):
+        raise _UnhandledSigterm("the suite left SIGTERM to the caller")
+
+    previous = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        start = time.monotonic()
+        status = ablation.main(cammsr.SUITE, ["--dataset", "tiny", "--data-path", tiny_planted[1], "--variants", "SASRec",
+                                              "--epochs", "1", "--threads", "1"])
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert status == 130 and time.monotonic() - start < 60  # not the worker's 120 s sleep
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+
+
 def test_a_variant_that_restates_a_default_shares_the_full_models_runs():
     from recbole_mm.bench import variants
 

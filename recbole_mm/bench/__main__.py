@@ -37,13 +37,13 @@ quality_vs_time.png, and runs/ (one JSON + log per finished run; a rerun skips t
 """
 
 import argparse
-import signal
 import sys
 
 import yaml
 
 from recbole_mm.bench import synthetic
 from recbole_mm.bench.benchmark import MissingTuning, make_table, read_yaml, run_regime, run_table
+from recbole_mm.bench.pipeline import INTERRUPTED, sigterm_as_interrupt
 from recbole_mm.bench.profiles import DEFAULT_MODELS, PROFILES, REGIMES, TUNING_REGIME, get_profile
 from recbole_mm.bench.runner import DEFAULT_COLD_MAX_COUNT
 
@@ -115,15 +115,6 @@ def build_profile(args):
     return get_profile("quick" if args.quick else args.profile).with_overrides(**profile_changes(args))
 
 
-def _interrupt_on_sigterm():
-    """``kill`` stops a benchmark like Ctrl-C does: the report of the finished runs is still written."""
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def _run_options(args) -> dict:
     return dict(overrides=_parse_overrides(args.overrides), cold_max_count=args.cold_max_count, imports=args.imports,
                 threads=args.threads, isolate=not args.in_process, timeout=args.timeout, progress=not args.quiet,
@@ -162,13 +153,12 @@ def main(argv=None) -> int:
 def run_cli(argv=None) -> int:
     """``main`` as a command: an interrupt (Ctrl-C, ``kill``) ends with exit status 130 and a line, not a traceback."""
     try:
-        return main(argv)
+        with sigterm_as_interrupt():
+            return main(argv)
     except KeyboardInterrupt:
-        print("[bench] interrupted: finished runs are cached, runs in flight keep their resume state; "
-              "the same command continues", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 
 if __name__ == "__main__":
-    _interrupt_on_sigterm()
     sys.exit(run_cli())

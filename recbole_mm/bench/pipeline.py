@@ -21,8 +21,10 @@ import glob
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import List, Optional
@@ -49,6 +51,29 @@ PROGRESS_PREFIX = "[bench]"
 def say(text: str) -> None:
     """One progress line on stderr (the runner relays a child's lines that carry the prefix)."""
     print(f"{PROGRESS_PREFIX} {text}", file=sys.stderr, flush=True)
+
+
+INTERRUPTED = ("[bench] interrupted: finished runs are cached, runs in flight keep their resume state; "
+               "the same command continues")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block, ``kill`` (SIGTERM) stops a benchmark as Ctrl-C does: the runner takes the runs
+    in flight down with it (their worker processes included, none is left orphaned) and the finished
+    runs stay cached. Only the main thread can hold a signal handler; elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def new_row(model: str, dataset: str, seed: int) -> dict:

@@ -461,12 +461,17 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
     try:
         return list(pool.map(one, specs))
     except KeyboardInterrupt:  # only this thread sees Ctrl-C / SIGTERM: stop the runs in flight too
-        with _LIVE_LOCK:
-            for process in list(_LIVE):
-                process.kill()
+        stop_live_runs()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_live_runs() -> None:
+    """Kill the worker processes of every isolated run in flight (on an interrupt, whichever thread waits on them)."""
+    with _LIVE_LOCK:
+        for process in list(_LIVE):
+            process.kill()
 
 
 def failed_row(model: str, dataset: str, seed: int, error: Exception) -> dict:
