@@ -43,7 +43,7 @@ import yaml
 
 from recbole_mm.bench import synthetic
 from recbole_mm.bench.benchmark import MissingTuning, make_table, read_yaml, run_regime, run_table
-from recbole_mm.bench.pipeline import INTERRUPTED, sigterm_as_interrupt
+from recbole_mm.bench.pipeline import exit_status
 from recbole_mm.bench.profiles import DEFAULT_MODELS, PROFILES, REGIMES, TUNING_REGIME, get_profile
 from recbole_mm.bench.runner import DEFAULT_COLD_MAX_COUNT
 
@@ -152,12 +152,7 @@ def main(argv=None) -> int:
 
 def run_cli(argv=None) -> int:
     """``main`` as a command: an interrupt (Ctrl-C, ``kill``) ends with exit status 130 and a line, not a traceback."""
-    try:
-        with sigterm_as_interrupt():
-            return main(argv)
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+    return exit_status(main, argv)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,12 @@ import json
 import os
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from recbole_mm.bench.pipeline import INTERRUPTED, sigterm_as_interrupt
-from recbole_mm.bench.runner import run_model, stop_live_runs
+from recbole_mm.bench.pipeline import exit_status
+from recbole_mm.bench.runner import map_stoppable, run_model
 from recbole_mm.bench.profiles import FIRST_SEED, REGIMES, get_profile, model_config
 
 Variants = Dict[str, Tuple[str, dict]]  # variant name -> (RecBole / plugin model, config overrides)
@@ -178,15 +177,7 @@ def run_suite(suite: AblationSuite, args, isolate: bool = True) -> Tuple[Dict[st
     with tempfile.TemporaryDirectory(prefix=f"{suite.name}_bench_") as scratch:
         runs = [(name, model, config, suite.data_path_for(args, name, config, scratch) if suite.data_path_for else None)
                 for name, model, config in chosen]
-        pool = ThreadPoolExecutor(max_workers=jobs)  # threads only wait on the runs' child processes
-        try:
-            futures = {run[0]: pool.submit(train, *run) for run in runs}
-            rows = {name: future.result() for name, future in futures.items()}
-        except KeyboardInterrupt:  # only this thread sees Ctrl-C / SIGTERM: stop the runs in flight too
-            stop_live_runs()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        rows = dict(zip([run[0] for run in runs], map_stoppable(lambda run: train(*run), runs, jobs)))
     settings = settings_text(suite, args, profile) + (f", {jobs} variants at a time" if jobs > 1 else "")
     return rows, markdown_table(suite, rows) + f"\n\nSettings: {settings}.\n"
 
@@ -194,13 +185,7 @@ def run_suite(suite: AblationSuite, args, isolate: bool = True) -> Tuple[Dict[st
 def main(suite: AblationSuite, argv=None) -> int:
     """A suite's command line; an interrupt (Ctrl-C, ``kill``) stops the runs in flight and ends with
     exit status 130 and a line, not a traceback."""
-    args = parse_args(suite, argv)
-    try:
-        with sigterm_as_interrupt():
-            return _run(suite, args)
-    except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 130
+    return exit_status(_run, suite, parse_args(suite, argv))
 
 
 def _run(suite: AblationSuite, args) -> int:

@@ -76,6 +76,17 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+def exit_status(command, *args) -> int:
+    """``command(*args)`` run as a command line's body: an interrupt (Ctrl-C, or ``kill``, see
+    :func:`sigterm_as_interrupt`) ends it with exit status 130 and one line, not a traceback."""
+    try:
+        with sigterm_as_interrupt():
+            return command(*args)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
 def new_row(model: str, dataset: str, seed: int) -> dict:
     """A row with every key :func:`train_and_evaluate` returns, before anything is known."""
     row = {

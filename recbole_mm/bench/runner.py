@@ -455,12 +455,20 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
             say(f"{prefix}: {outcome}{clock.eta()}")
         return dict(row, key=key, point=spec.point)
 
-    if jobs == 1:
-        return [one(spec) for spec in specs]
-    pool = ThreadPoolExecutor(max_workers=jobs)  # threads only wait on the runs' child processes
+    return map_stoppable(one, specs, jobs)
+
+
+def map_stoppable(function, items, jobs: int) -> list:
+    """``[function(item) for item in items]``, ``jobs`` at a time, in order. Parallel calls run in
+    threads that only wait on their runs' child processes; only the calling thread sees Ctrl-C /
+    SIGTERM, so it kills the runs in flight too, and no queued call starts after it."""
+    items = list(items)
+    if jobs <= 1:
+        return [function(item) for item in items]  # an interrupt reaches the one run directly
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        return list(pool.map(one, specs))
-    except KeyboardInterrupt:  # only this thread sees Ctrl-C / SIGTERM: stop the runs in flight too
+        return list(pool.map(function, items))
+    except KeyboardInterrupt:
         stop_live_runs()
         raise
     finally:
