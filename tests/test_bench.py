@@ -316,10 +316,21 @@ def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(model,
 
     assert plain["status"] == straight["status"] == resumed["status"] == "ok", resumed["error"]
     assert (plain["resumed_at"], straight["resumed_at"], resumed["resumed_at"]) == ([], [], [2])
-    assert len(resumed["valid_curve"]) == resumed["epochs"] == 3
+    assert len(resumed["valid_curve"]) == resumed["epochs"] == len(resumed["epoch_seconds"]) == 3
     for row in (straight, resumed):
         assert row["valid_curve"] == plain["valid_curve"]
         assert (row["ndcg@10"], row["per_user"]) == (plain["ndcg@10"], plain["per_user"])
+
+
+def test_a_runs_times_are_medians_over_epochs_so_a_paused_epoch_does_not_skew_them():
+    """An epoch stretched 30x (the process was stopped for a while) leaves the per-epoch and per-step
+    figures at the typical epoch's; the row still lists every epoch's time."""
+    trainer = types.SimpleNamespace(_train_epoch=lambda *args, **kwargs: 0.0)
+    recorder = pipeline._EpochRecorder(trainer, None, "x", 4, say=lambda line: None)
+    recorder.epoch_seconds, recorder.epoch_steps = [10.0, 12.0, 300.0, 11.0], [5, 5, 5, 5]
+    summary = recorder.summary()
+    assert summary["train_s_per_epoch"] == 11.5 and summary["train_ms_per_step"] == 2300.0
+    assert (summary["epoch_seconds"], summary["epochs"], summary["train_steps"]) == ([10.0, 12.0, 300.0, 11.0], 4, 20)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import threading
@@ -103,6 +104,7 @@ def new_row(model: str, dataset: str, seed: int) -> dict:
         "resumed_at": [],
         "epochs": 0,
         "train_steps": 0,
+        "epoch_seconds": [],
         "train_s_per_epoch": None,
         "train_ms_per_step": None,
         "infer_ms_per_user": None,
@@ -400,12 +402,16 @@ class _EpochRecorder:
             self._save_records()
 
     def summary(self) -> dict:
-        seconds, steps = sum(self.epoch_seconds), sum(self.epoch_steps)
+        """The run's records; its times are medians over epochs, so one stalled epoch (a process
+        paused or swapped out for a while, as a run continued over several sessions can be) does not
+        skew them. ``epoch_seconds`` keeps every epoch's training time."""
+        ms_per_step = [1000.0 * seconds / max(1, steps) for seconds, steps in zip(self.epoch_seconds, self.epoch_steps)]
         return {
             "valid_curve": list(self.valid_curve),
             "epochs": len(self.epoch_seconds),
-            "train_steps": steps,
-            "train_s_per_epoch": seconds / max(1, len(self.epoch_seconds)),
-            "train_ms_per_step": 1000.0 * seconds / max(1, steps),
+            "train_steps": sum(self.epoch_steps),
+            "epoch_seconds": [round(seconds, 1) for seconds in self.epoch_seconds],
+            "train_s_per_epoch": statistics.median(self.epoch_seconds) if self.epoch_seconds else 0.0,
+            "train_ms_per_step": statistics.median(ms_per_step) if ms_per_step else 0.0,
             "resumed_at": list(self.resumed_at),
         }

@@ -91,7 +91,8 @@ def run_model(
     'failed'), error`` (``"ExceptionType: message"``, empty when ok), RecBole's test metrics under
     its lowercase names (``recall@10, ndcg@10, ...``, under the run's protocol), ``exclude_history``,
     ``best_valid`` (best validation NDCG@10), ``best_epoch``, ``valid_curve``, ``epochs``,
-    ``train_steps``, ``train_s_per_epoch``, ``train_ms_per_step``, ``infer_ms_per_user``,
+    ``train_steps``, ``epoch_seconds`` (each epoch's training time), ``train_s_per_epoch`` and
+    ``train_ms_per_step`` (medians over epochs, so a paused epoch does not skew them), ``infer_ms_per_user``,
     ``test_users``, ``params``, ``peak_rss_mb``, ``uses_features``, the cold-item metrics, the
     :data:`recbole_mm.bench.measure.HISTORY_KEYS` (both protocols, repeat share), ``per_user``
     (NDCG@10 per test user under both protocols, and which users are the cold-item ones), ``device``,
