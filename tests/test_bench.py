@@ -466,6 +466,41 @@ def test_report_pairs_the_models_on_the_cold_users_the_runs_recorded(tmp_path):
     assert "Cold Δ" not in markdown and "Best cold NDCG@10" not in markdown and "cold-user NDCG@10 (seed means, no CI)" in markdown
 
 
+def test_report_splits_the_headline_by_input_history_length(tmp_path):
+    from recbole_mm.bench import report
+
+    lengths = {user: (10 if index < 16 else 30 if index < 30 else 50) for index, user in enumerate(USERS)}  # max_len 50
+    short = {user for user, length in lengths.items() if length <= report.WINDOW_LENGTH}
+    rows = []
+    for model, short_gain in (("SASRec", 0.0), ("MUFASA", 0.3)):
+        for seed in (1, 2):
+            row = _fake_run(model, seed, 0.10)
+            row["per_user"]["full"] = [value + (short_gain if user in short else 0.0) for user, value in zip(USERS, row["per_user"]["full"])]
+            rows.append(row)
+    settings = dict(_settings(), history_lengths=lengths)
+    settings["profile"]["max_len"] = 50
+    markdown = open(report.write_report(str(tmp_path / "toy"), rows, ["SASRec", "MUFASA"], settings)["markdown"], encoding="utf-8").read()
+    header, table = _table_rows(markdown, "Model | Features | 1-32 items (30 users) NDCG@10")
+    by_model = {row[0]: dict(zip(header, row)) for row in table}
+    assert header[2:] == ["1-32 items (30 users) NDCG@10", "1-32: Δ vs SASRec [95% CI]", "50 items (10 users) NDCG@10",
+                          "50: Δ vs SASRec [95% CI]"]  # no user between the window and the full input: no empty group
+    assert by_model["MUFASA"]["1-32: Δ vs SASRec [95% CI]"] == "+0.3000 [+0.3000, +0.3000] better"
+    assert by_model["MUFASA"]["50: Δ vs SASRec [95% CI]"] == "+0.0000 [+0.0000, +0.0000] tie"
+    assert by_model["SASRec"]["50 items (10 users) NDCG@10"] == "0.1000" and by_model["SASRec"]["1-32: Δ vs SASRec [95% CI]"] == "reference"
+    assert "## By input history length" not in open(report.write_report(str(tmp_path / "none"), rows, ["SASRec", "MUFASA"], _settings())[
+        "markdown"], encoding="utf-8").read()
+
+
+def test_input_history_lengths_count_each_users_items_but_the_test_target(tmp_path):
+    from recbole_mm.bench.benchmark import input_history_lengths
+
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"] + [f"{user}\t{item}\t{item}" for user, n in (("a", 3), ("b", 60))
+                                                              for item in range(n)]
+    (tmp_path / "toy.inter").write_text("\n".join(rows) + "\n")
+    assert input_history_lengths(str(tmp_path), "toy", "user_id", 50) == {"a": 2, "b": 50}
+    assert input_history_lengths(str(tmp_path), "toy", "uid", 50) is None and input_history_lengths(str(tmp_path), "other", "user_id", 50) is None
+
+
 def test_report_tuning_grid_and_headline_protocol(tmp_path):
     from recbole_mm.bench import report
     from recbole_mm.bench.profiles import grid_points

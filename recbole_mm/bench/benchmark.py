@@ -8,6 +8,8 @@ best point; :func:`run_table` runs every model's seeds at its point and writes t
 choices are reused by the other regimes (:func:`tuned_points`).
 """
 
+import collections
+import csv
 import dataclasses
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -135,6 +137,9 @@ def run_table(table: Table, models: Sequence[str], points: Optional[Dict[str, Op
         "overrides": dict(table.overrides),
         "isolated": table.options.get("isolate", True),
         "threads": table.options.get("threads"),
+        "history_lengths": input_history_lengths(
+            dataset_folder(table.dataset, table.data_path, table.base_config), table.dataset,
+            dataset_setting(table.dataset, table.base_config, "USER_ID_FIELD") or "user_id", table.profile.max_len),
     }
     paths = report.write_report(table.results_dir, rows, list(models), settings, title=table.title, notes=table.notes, tuning=tuning)
     say(f"report: {paths['markdown']}")
@@ -151,17 +156,40 @@ def read_yaml(path: str) -> dict:
         return yaml.safe_load(handle) or {}
 
 
-def default_features(dataset: str, base_config: dict) -> List[str]:
-    """The dataset's category field, from the given config or the plugin's dataset yaml."""
-    field = base_config.get("category_field")
-    if not field:
+def dataset_setting(dataset: str, base_config: dict, key: str):
+    """``key`` from the given config, else from the plugin's dataset yaml (None when neither has it)."""
+    value = base_config.get(key)
+    if not value:
         from recbole_mm import resources
 
         path = resources.dataset_yaml(dataset)
-        field = read_yaml(path).get("category_field") if path else None
+        value = read_yaml(path).get(key) if path else None
+    return value
+
+
+def default_features(dataset: str, base_config: dict) -> List[str]:
+    """The dataset's category field, from the given config or the plugin's dataset yaml."""
+    field = dataset_setting(dataset, base_config, "category_field")
     if not field:
         return []
     return [field] if isinstance(field, str) else list(field)
+
+
+def input_history_lengths(folder: Optional[str], dataset: str, user_field: str, max_len: int) -> Optional[Dict[str, int]]:
+    """``{user token: items of input history at test time}`` under leave-one-out: all of a user's
+    interactions but the test target, cut to ``max_len``; counted from ``<folder>/<dataset>.inter``.
+    None when the file or its ``user_field`` column is missing (the report then leaves the section out)."""
+    path = os.path.join(folder, f"{dataset}.inter") if folder else None
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        columns = [name.split(":")[0] for name in next(reader, [])]
+        if user_field not in columns:
+            return None
+        index = columns.index(user_field)
+        counts = collections.Counter(row[index] for row in reader if len(row) > index)
+    return {user: min(count - 1, max_len) for user, count in counts.items()}
 
 
 def dataset_folder(dataset: str, data_path: Optional[str], base_config: dict) -> Optional[str]:

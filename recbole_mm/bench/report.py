@@ -9,6 +9,7 @@ tuning grid, speed ratios, plots; markdown and CSV.
   the same way (when it is in the table), the same under the other protocol,
   the share of test targets that repeat the input history, the full quality table (Recall / NDCG
   @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), cold items, history items,
+  NDCG@10 by input history length (when ``settings["history_lengths"]`` gives each test user's),
   features vs ID-only, speed ratios, the tuning grid, MUFASA's attention scaling results file
   when present, settings;
 - ``results.csv`` (one row per model) and ``runs.csv`` (one row per (model, seed) run);
@@ -274,6 +275,54 @@ def history_table(summaries) -> List[str]:
     return [intro, ""] + _table(header, rows)
 
 
+WINDOW_LENGTH = 32  # MUFASA's default `window_size`: a history this short fits its window, where SAL is dense attention
+
+
+def history_length_groups(lengths: Dict[str, int], max_len: int, window: int = WINDOW_LENGTH) -> List[tuple]:
+    """``[(label, users)]``: test users whose input history (``lengths``: items the model reads, at most
+    ``max_len``) fits a ``window``-item window, is longer but cut short of ``max_len``, or fills the input."""
+    bounds = [(1, min(window, max_len - 1)), (window + 1, max_len - 1), (max_len, max_len)]
+    groups = []
+    for low, high in bounds:
+        users = {user for user, length in lengths.items() if low <= length <= high}
+        if low <= high and users:
+            groups.append((f"{low}-{high}" if low < high else f"{low}", users))
+    return groups
+
+
+def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_len: int,
+                         reference=SPEED_REFERENCE) -> List[str]:
+    """NDCG@10 per model within each history-length group, with the paired comparison to ``reference``
+    on that group's users; nothing without per-user values or the reference."""
+    ref = next((s for s in summaries if s["model"] == reference and s.get(f"per_user_{protocol}")), None)
+    groups = history_length_groups(lengths, max_len)
+    if ref is None or len(groups) < 2:
+        return []
+    header = ["Model", "Features"]
+    for label, users in groups:
+        header += [f"{label} items ({len(users)} users) NDCG@10", f"{label}: Δ vs {reference} [95% CI]"]
+    rows = []
+    for s in summaries:
+        values = s.get(f"per_user_{protocol}")
+        if not values:
+            continue
+        cells = [s["model"], _features_mark(s)]
+        for _, users in groups:
+            scores = [value for user, value in values.items() if user in users]
+            result = None if s is ref else paired(s, ref, protocol, users)
+            cells.append(f"{sum(scores) / len(scores):.4f}" if scores else "-")
+            cells.append("reference" if s is ref else ("-" if result is None else f"{_ci_text(result)} {result['verdict']}"))
+        rows.append(cells)
+    intro = (
+        f"Test users grouped by the length of the input history the models read (at most {max_len} items; "
+        f"{WINDOW_LENGTH} is MUFASA's default window), NDCG@10 ({PROTOCOL_NAMES[protocol]}, seed means) and the paired "
+        f"per-user Δ against {reference} on each group's users, bootstrap 95% CI. Groups are subsets chosen by a "
+        "property of the data, the same for every model; read each CI on its own (with several groups, one can "
+        "exclude 0 by chance)."
+    )
+    return [intro, ""] + _table(header, rows)
+
+
 def speed_table(summaries, reference=SPEED_REFERENCE) -> List[str]:
     if not any(s["model"] == reference and s["seeds_ok"] for s in summaries):
         return [f"{reference} has no finished run in this table, so no ratios; absolute times are in the quality table."]
@@ -510,6 +559,9 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
         lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"], headline, cold_users) + [""]
     if any(s.get("history_in_top10_mean") is not None for s in summaries):
         lines += ["## History items", ""] + history_table(summaries) + [""]
+    length_lines = history_length_table(summaries, headline, settings.get("history_lengths") or {}, settings["profile"]["max_len"])
+    if length_lines:
+        lines += ["## By input history length", ""] + length_lines + [""]
     lines += ["## Features vs ID-only", ""] + features_verdict(summaries, headline, cold_users) + [""]
     lines += ["## Speed", ""] + speed_table(summaries) + [""]
     if tuning:
