@@ -178,12 +178,14 @@ def default_features(dataset: str, base_config: dict) -> List[str]:
 def input_history_lengths(folder: Optional[str], dataset: str, user_field: str, max_len: int) -> Optional[Dict[str, int]]:
     """``{user token: items of input history at test time}`` under leave-one-out: all of a user's
     interactions but the test target, cut to ``max_len``; counted from ``<folder>/<dataset>.inter``.
-    None when the file or its ``user_field`` column is missing (the report then leaves the section out)."""
+    None when the file or its ``user_field`` column is missing (the report then leaves the section out).
+    Counts the raw tab-separated file: under a config that filters interactions (rating thresholds,
+    ``user_inter_num_interval``) the lengths are the unfiltered ones."""
     path = os.path.join(folder, f"{dataset}.inter") if folder else None
     if not path or not os.path.isfile(path):
         return None
     with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
+        reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         columns = [name.split(":")[0] for name in next(reader, [])]
         if user_field not in columns:
             return None
