@@ -470,7 +470,7 @@ def test_report_splits_the_headline_by_input_history_length(tmp_path):
     from recbole_mm.bench import report
 
     lengths = {user: (10 if index < 16 else 30 if index < 30 else 50) for index, user in enumerate(USERS)}  # max_len 50
-    short = {user for user, length in lengths.items() if length <= report.WINDOW_LENGTH}
+    short = {user for user, length in lengths.items() if length <= report.mufasa_window()}
     rows = []
     for model, short_gain in (("SASRec", 0.0), ("MUFASA", 0.3)):
         for seed in (1, 2):

@@ -26,7 +26,9 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import pandas as pd
+import yaml
 
+from recbole_mm import resources
 from recbole_mm.bench import stats
 from recbole_mm.bench.measure import (
     COLD_KEYS, COLD_USERS_KEY, HISTORY_KEYS, METRIC_KEYS, NOT_RUN, PER_USER_KEY, PROTOCOL_NAMES, PROTOCOLS, same_machine,
@@ -275,10 +277,13 @@ def history_table(summaries) -> List[str]:
     return [intro, ""] + _table(header, rows)
 
 
-WINDOW_LENGTH = 32  # MUFASA's default `window_size`: a history this short fits its window, where SAL is dense attention
+def mufasa_window() -> int:
+    """MUFASA's default ``window_size`` (its yaml): a history this short fits its window, where SAL is dense attention."""
+    with open(resources.model_yaml("MUFASA"), encoding="utf-8") as handle:
+        return int(yaml.safe_load(handle)["window_size"])
 
 
-def history_length_groups(lengths: Dict[str, int], max_len: int, window: int = WINDOW_LENGTH) -> List[tuple]:
+def history_length_groups(lengths: Dict[str, int], max_len: int, window: int) -> List[tuple]:
     """``[(label, users)]``: test users whose input history (``lengths``: items the model reads, at most
     ``max_len``) fits a ``window``-item window, is longer but cut short of ``max_len``, or fills the input."""
     bounds = [(1, min(window, max_len - 1)), (window + 1, max_len - 1), (max_len, max_len)]
@@ -295,7 +300,8 @@ def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_
     """NDCG@10 per model within each history-length group, with the paired comparison to ``reference``
     on that group's users; nothing without per-user values or the reference."""
     ref = next((s for s in summaries if s["model"] == reference and s.get(f"per_user_{protocol}")), None)
-    groups = history_length_groups(lengths, max_len)
+    window = mufasa_window()
+    groups = history_length_groups(lengths, max_len, window)
     if ref is None or len(groups) < 2:
         return []
     header = ["Model", "Features"]
@@ -315,7 +321,7 @@ def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_
         rows.append(cells)
     intro = (
         f"Test users grouped by the length of the input history the models read (at most {max_len} items; "
-        f"{WINDOW_LENGTH} is MUFASA's default window), NDCG@10 ({PROTOCOL_NAMES[protocol]}, seed means) and the paired "
+        f"{window} is MUFASA's default window), NDCG@10 ({PROTOCOL_NAMES[protocol]}, seed means) and the paired "
         f"per-user Δ against {reference} on each group's users, bootstrap 95% CI. Groups are subsets chosen by a "
         "property of the data, the same for every model; read each CI on its own (with several groups, one can "
         "exclude 0 by chance)."
