@@ -2,6 +2,7 @@
 synthetic cold-item set."""
 
 import csv
+import json
 import math
 import os
 import sys
@@ -361,6 +362,35 @@ def test_the_cache_gives_each_run_in_flight_its_own_state_folder_and_a_resumed_r
     assert log.read_text() == "first attempt\n[bench] resumed\n"
     runner._relay_output(types.SimpleNamespace(stdout=iter(["fresh\n"])), str(log), progress=False)
     assert log.read_text() == "fresh\n"
+
+
+def test_a_report_only_invocation_shows_how_far_each_run_in_flight_got(tmp_path, capsys):
+    """A run with resumable state but no row is still `missing`, with its progress read from the
+    records kept after every validation; the report lists it, and a run that never finished an epoch
+    (or left unreadable records) shows no progress."""
+    from recbole_mm.bench import report
+
+    cache = runner.RunCache(str(tmp_path / "runs"))
+    flying, fresh, broken = (runner.RunSpec("SASRec", "none", {"use_gpu": False}, seed, None, {}) for seed in (2020, 2021, 2022))
+    state_dir = cache.state_dir(flying.key(None, 5))
+    os.makedirs(state_dir)
+    with open(os.path.join(state_dir, pipeline.RECORDS_FILE), "w", encoding="utf-8") as handle:
+        json.dump({"epoch_seconds": [100.0, 300.0, 120.0], "epoch_steps": [5, 5, 5], "valid_curve": [0.05, 0.09, 0.09],
+                   "resumed_at": [3]}, handle)
+    os.makedirs(cache.state_dir(fresh.key(None, 5)))
+    os.makedirs(cache.state_dir(broken.key(None, 5)))
+    with open(os.path.join(cache.state_dir(broken.key(None, 5)), pipeline.RECORDS_FILE), "w", encoding="utf-8") as handle:
+        handle.write("{")
+    rows = runner.execute([flying, fresh, broken], cache, {"threads": 1, "cold_max_count": 5}, run_missing=False)
+
+    assert [row["status"] for row in rows] == ["missing"] * 3
+    assert rows[0]["in_flight"] == {"epochs": 3, "valid_curve": [0.05, 0.09, 0.09], "best_valid": 0.09, "best_epoch": 2,
+                                    "train_s_per_epoch": 120.0}
+    assert rows[1]["in_flight"] is None and rows[2]["in_flight"] is None
+    assert "in flight: 3 epochs trained, best valid ndcg@10 0.0900 (epoch 2), median 120 s an epoch" in capsys.readouterr().err
+    header, table = _table_rows("\n".join(report.in_flight_table(rows)), "Model | Seed | Epochs trained")
+    assert table == [["SASRec", "2020", "3", "0.0900 (2)", "120"]]
+    assert report.in_flight_table(rows[1:]) == []
 
 
 USERS = [f"u{index:02d}" for index in range(40)]

@@ -254,6 +254,30 @@ def last_checkpoint(state_dir: str) -> Optional[str]:
     return max(files, key=os.path.getmtime) if files else None
 
 
+def run_progress(state_dir: str) -> Optional[dict]:
+    """How far an unfinished run got, from the records it keeps in ``state_dir`` after every
+    validation: epochs trained, its validation NDCG@10 curve, the best point so far and the median
+    epoch time; None when the run never finished an epoch there (or the records are unreadable)."""
+    try:
+        with open(os.path.join(state_dir, RECORDS_FILE), encoding="utf-8") as handle:
+            records = json.load(handle)
+        curve, seconds = [float(v) for v in records["valid_curve"]], [float(s) for s in records["epoch_seconds"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not seconds:
+        return None
+    return {"epochs": len(seconds), "valid_curve": curve, "best_valid": max(curve) if curve else None,
+            "best_epoch": curve.index(max(curve)) + 1 if curve else None,  # as a finished row counts it
+            "train_s_per_epoch": statistics.median(seconds)}
+
+
+def progress_text(progress: dict) -> str:
+    """One line of :func:`run_progress`'s figures."""
+    best = "" if progress["best_valid"] is None else (
+        f", best valid ndcg@10 {progress['best_valid']:.4f} (epoch {progress['best_epoch']})")
+    return f"{progress['epochs']} epochs trained{best}, median {progress['train_s_per_epoch']:.0f} s an epoch"
+
+
 def resumable_config(config_dict: dict, state_dir: str) -> dict:
     """``config_dict`` with checkpoints kept in ``state_dir`` every epoch, resuming from the last one."""
     os.makedirs(state_dir, exist_ok=True)

@@ -414,6 +414,20 @@ def provisional_lines(tuning: Optional[Dict[str, dict]]) -> List[str]:
     return lines + [""] if lines else []
 
 
+def in_flight_table(rows) -> List[str]:
+    """Runs not finished yet whose resumable state the cache holds: how far each got."""
+    flying = [row for row in rows if row.get("status") == "missing" and row.get("in_flight")]
+    if not flying:
+        return []
+    header = ["Model", "Seed", "Epochs trained", "Best valid NDCG@10 (epoch)", "Median train s/epoch"]
+    body = [[row["model"], row["seed"], progress["epochs"],
+             "-" if progress["best_valid"] is None else f"{progress['best_valid']:.4f} ({progress['best_epoch']})",
+             f"{progress['train_s_per_epoch']:.0f}"] for row, progress in ((row, row["in_flight"]) for row in flying)]
+    return ["## Runs in flight", "",
+            "Validation figures of unfinished runs, not test results: the same command without `--report-only` "
+            "continues each from its last finished epoch.", ""] + _table(header, body) + [""]
+
+
 def point_text(point) -> str:
     if not point:
         return "defaults"
@@ -560,6 +574,7 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
                   "The same trained models (early stopping under the headline protocol), ranked the other way."]
         lines += [""] + headline_table(summaries, other) + [""]
     lines += ["## Quality (test set, headline protocol, RecBole's metrics, mean ± std over seeds)", ""] + quality_table(summaries) + [""]
+    lines += in_flight_table(rows)
     cold_users = cold_user_set(rows, settings["cold_max_count"])
     if any(s.get("cold_users_mean") for s in summaries):
         lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"], headline, cold_users) + [""]

@@ -13,7 +13,8 @@
 - :func:`execute` runs a list of specs (cached ones are skipped), ``jobs`` processes at a time. A
   run in flight keeps its per-epoch state in ``<out>/<regime>/runs/<key>.resume/`` (plugin models),
   so a killed invocation continues those runs from their last finished epoch; the folder goes once
-  the run's row is written.
+  the run's row is written. Until then a report-only invocation gives such a run's progress
+  (``in_flight`` in its ``missing`` row: epochs trained, best validation NDCG@10 so far).
 """
 
 import ast
@@ -31,7 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 from recbole_mm.bench.measure import NOT_RUN
-from recbole_mm.bench.pipeline import PROGRESS_PREFIX, error_text, last_checkpoint, new_row, say, train_and_evaluate, uses_features
+from recbole_mm.bench.pipeline import (PROGRESS_PREFIX, error_text, last_checkpoint, new_row, progress_text, run_progress, say,
+                                       train_and_evaluate, uses_features)
 
 DEFAULT_COLD_MAX_COUNT = 5
 CACHE_VERSION = 2  # bumped when a row's content changes meaning (v2: both ranking protocols, per-user NDCG)
@@ -436,9 +438,10 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
         if row is not None:
             say(f"{prefix}: cached ({key})")
         elif not run_missing:
-            say(f"{prefix}: not run yet (report-only)")
+            progress = run_progress(cache.state_dir(key))
+            say(f"{prefix}: not run yet (report-only)" + (f"; in flight: {progress_text(progress)}" if progress else ""))
             row = dict(new_row(spec.model, spec.dataset, spec.seed), status="missing", error=NOT_RUN,
-                       uses_features=uses_features(spec.model))
+                       uses_features=uses_features(spec.model), in_flight=progress)
         else:
             state_dir = cache.state_dir(key)
             if fresh:
