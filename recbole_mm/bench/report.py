@@ -420,9 +420,11 @@ def in_flight_table(rows) -> List[str]:
     if not flying:
         return []
     header = ["Model", "Seed", "Epochs trained", "Best valid NDCG@10 (epoch)", "Median train s/epoch"]
-    body = [[row["model"], row["seed"], progress["epochs"],
-             "-" if progress["best_valid"] is None else f"{progress['best_valid']:.4f} ({progress['best_epoch']})",
-             f"{progress['train_s_per_epoch']:.0f}"] for row, progress in ((row, row["in_flight"]) for row in flying)]
+    body = []
+    for row in flying:
+        progress = row["in_flight"]
+        best = "-" if progress["best_valid"] is None else f"{progress['best_valid']:.4f} ({progress['best_epoch']})"
+        body.append([row["model"], row["seed"], progress["epochs"], best, f"{progress['train_s_per_epoch']:.0f}"])
     return ["## Runs in flight", "",
             "Validation figures of unfinished runs, not test results: the same command without `--report-only` "
             "continues each from its last finished epoch.", ""] + _table(header, body) + [""]
