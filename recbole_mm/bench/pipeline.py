@@ -254,6 +254,11 @@ def last_checkpoint(state_dir: str) -> Optional[str]:
     return max(files, key=os.path.getmtime) if files else None
 
 
+def best_epoch(curve) -> Optional[int]:
+    """The 1-based epoch of a validation curve's first maximum (the one RecBole keeps), or None."""
+    return curve.index(max(curve)) + 1 if curve else None
+
+
 def run_progress(state_dir: str) -> Optional[dict]:
     """How far an unfinished run got, from the records it keeps in ``state_dir`` after every
     validation: epochs trained, its validation NDCG@10 curve, the best point so far and the median
@@ -267,7 +272,7 @@ def run_progress(state_dir: str) -> Optional[dict]:
     if not seconds:
         return None
     return {"epochs": len(seconds), "valid_curve": curve, "best_valid": max(curve) if curve else None,
-            "best_epoch": curve.index(max(curve)) + 1 if curve else None,  # as a finished row counts it
+            "best_epoch": best_epoch(curve),
             "train_s_per_epoch": statistics.median(seconds)}
 
 
@@ -304,8 +309,7 @@ def _fit_and_test(row, model, dataset, config_dict, max_batches, cold_max_count,
     row.update({key: float(value) for key, value in test_result.items()})
     row.update(recorder.summary())
     row["best_valid"] = float(best_valid)
-    curve = row["valid_curve"]
-    row["best_epoch"] = curve.index(max(curve)) + 1 if curve else None  # RecBole keeps the first best
+    row["best_epoch"] = best_epoch(row["valid_curve"])
     row["exclude_history"] = bool(getattr(trainer, "exclude_history", False))
     rankings = rank_test_targets(trainer, test_data)
     row["test_users"] = int(len(rankings.full))
