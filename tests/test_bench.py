@@ -549,6 +549,27 @@ def test_report_tuning_grid_and_headline_protocol(tmp_path):
     assert table[0] == ["SASRec", "0.1000", "0.1100", "0.1200", "**0.1300**", "lr 0.003, dropout 0.5"]
 
 
+def test_report_checks_each_verdict_seed_by_seed(tmp_path):
+    from recbole_mm.bench import report
+
+    # SASRec has one good seed and one slow one; Lucky is "better" only through the slow seed,
+    # Steady beats both seeds, Level ties the mean
+    scores = {"SASRec": (0.20, 0.05), "Lucky": (0.15, 0.15), "Steady": (0.30, 0.31), "Level": (0.125, 0.125)}
+    rows = [_fake_run(model, seed, score) for model, pair in scores.items() for seed, score in zip((1, 2), pair)]
+    summaries = report.summarize(rows, list(scores))
+    lines = report.seed_check_lines(summaries, "excl")
+    by_model = {line.split()[1]: line for line in lines if line.startswith("- ")}
+    assert sorted(by_model) == ["Lucky", "Steady"]  # a tie needs no check
+    assert by_model["Lucky"].startswith("- Lucky better than SASRec over the seed means, but not seed by seed: against SASRec seed 1 alone -0.0500")
+    assert "(worse)" in by_model["Lucky"] and "seed 2 alone" not in by_model["Lucky"]
+    assert by_model["Steady"].endswith("and better with either side cut to any one of its seeds (4 checks).")
+    single = report.summarize([row for row in rows if row["seed"] == 1], list(scores))
+    assert report.seed_check_lines(single, "excl") == []  # one seed a side: nothing to cut
+    markdown = open(report.write_report(str(tmp_path / "toy"), rows, list(scores), _settings(models=list(scores)))["markdown"],
+                    encoding="utf-8").read()
+    assert "Verdicts against SASRec seed by seed" in markdown
+
+
 def test_features_verdict_comes_from_the_paired_ci():
     from recbole_mm.bench.report import features_verdict, summarize
 

@@ -6,7 +6,9 @@ tuning grid, speed ratios, plots; markdown and CSV.
 - ``results.md``: the headline table (NDCG@10 of each model at its tuned point under the regime's
   ranking protocol, seed mean +- std, mean per-user difference to SASRec with its paired bootstrap
   95% CI, Wilcoxon p, verdict better / worse / tie from the CI), the feature models against SASRecMM
-  the same way (when it is in the table), the same under the other protocol,
+  the same way (when it is in the table), each better / worse verdict of those two tables checked
+  seed by seed (recomputed with either side cut to one of its seeds: the CI resamples users with the
+  seeds fixed and does not see how far seeds spread), the same under the other protocol,
   the share of test targets that repeat the input history, the full quality table (Recall / NDCG
   @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), cold items, history items,
   NDCG@10 by input history length (when ``settings["history_lengths"]`` gives each test user's),
@@ -114,6 +116,8 @@ def summarize(rows: Sequence[dict], models: Sequence[str]) -> List[dict]:
         summary.update(_numeric_stats(ok))
         for protocol in PROTOCOLS:
             summary[f"per_user_{protocol}"] = stats.seed_average([row.get(PER_USER_KEY) for row in ok], protocol)
+            per_seed = {row["seed"]: stats.seed_average([row.get(PER_USER_KEY)], protocol) for row in ok}
+            summary[f"per_seed_{protocol}"] = {seed: values for seed, values in sorted(per_seed.items()) if values}
         summary["valid_curve"] = _mean_curve([row.get("valid_curve") or [] for row in ok])
         summaries.append(summary)
     _add_speed_ratios(summaries)
@@ -141,7 +145,11 @@ def _add_speed_ratios(summaries, reference=SPEED_REFERENCE):
 def paired(a: dict, b: dict, protocol: str, users=None) -> Optional[dict]:
     """:func:`recbole_mm.bench.stats.compare_paired` of two summaries' seed-averaged per-user NDCG@10
     (on ``users`` only, when given)."""
-    left, right = a.get(f"per_user_{protocol}"), b.get(f"per_user_{protocol}")
+    return paired_values(a.get(f"per_user_{protocol}"), b.get(f"per_user_{protocol}"), users)
+
+
+def paired_values(left: Optional[dict], right: Optional[dict], users=None) -> Optional[dict]:
+    """:func:`recbole_mm.bench.stats.compare_paired` of two ``{user: NDCG@10}`` maps; None when either is empty."""
     if not left or not right:
         return None
     if users is not None:
@@ -390,6 +398,52 @@ def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[
     return [intro, ""] + _table(header, rows)
 
 
+def _single_seed_checks(summary: dict, reference: dict, protocol: str) -> List[tuple]:
+    """``(label, comparison)`` of ``summary`` against ``reference`` with one side cut to one of its seeds
+    (the other side's seed mean kept); a side with a single seed adds nothing to its pooled comparison."""
+    checks = []
+    per_user = f"per_user_{protocol}"
+    reference_seeds = reference.get(f"per_seed_{protocol}") or {}
+    if len(reference_seeds) > 1:
+        for seed, values in reference_seeds.items():
+            checks.append((f"against {reference['model']} seed {seed} alone", paired_values(summary.get(per_user), values)))
+    own_seeds = summary.get(f"per_seed_{protocol}") or {}
+    if len(own_seeds) > 1:
+        for seed, values in own_seeds.items():
+            checks.append((f"its seed {seed} alone", paired_values(values, reference.get(per_user))))
+    return [(label, result) for label, result in checks if result]
+
+
+def seed_check_lines(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[str]:
+    """Each better / worse verdict against ``reference`` checked seed by seed.
+
+    The paired CI resamples users with every model's seeds fixed, so it does not see how far seeds
+    spread: one unusual seed of either side can carry a verdict. Each non-tie verdict is recomputed
+    with one side cut to a single seed; the line says whether every such verdict agrees."""
+    ref = next((s for s in summaries if s["model"] == reference and s["seeds_ok"]), None)
+    lines = []
+    for s in summaries:
+        verdict = s.get(f"{protocol}_vs_{reference}_verdict")
+        if ref is None or s is ref or verdict in (None, "tie"):
+            continue
+        checks = _single_seed_checks(s, ref, protocol)
+        if not checks:
+            continue
+        head = f"- {s['model']} {verdict} than {reference} over the seed means"
+        disagree = [(label, result) for label, result in checks if result["verdict"] != verdict]
+        if disagree:
+            lines.append(f"{head}, but not seed by seed: " + "; ".join(
+                f"{label} {_ci_text(result)} ({result['verdict']})" for label, result in disagree) + ".")
+        else:
+            lines.append(f"{head}, and {verdict} with either side cut to any one of its seeds ({len(checks)} checks).")
+    if not lines:
+        return []
+    intro = (f"Verdicts against {reference} seed by seed: the CI resamples users with the seeds fixed, so it does not "
+             "see how far seeds spread. Each better / worse verdict, recomputed with one side cut to a single seed "
+             "(the other side's seed mean kept):")
+    return [intro, ""] + lines + [""]
+
+
 def repeat_line(summaries) -> List[str]:
     """The share of test targets that repeat an item of the input history (a data property)."""
     shares = [s["repeat_share_mean"] for s in summaries if s.get("repeat_share_mean") is not None]
@@ -569,8 +623,10 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
     lines += [note for note in notes] + ([""] if notes else [])
     if any(s.get(f"{headline}_ndcg@10_mean") is not None for s in summaries):
         lines += [f"## Headline: NDCG@10, {PROTOCOL_NAMES[headline]}", ""] + headline_table(summaries, headline) + [""]
+        lines += seed_check_lines(summaries, headline)
         lines += provisional_lines(tuning)
         lines += multimodal_table(summaries, headline)
+        lines += seed_check_lines([s for s in summaries if s.get("uses_features")], headline, MULTIMODAL_REFERENCE)
         lines += repeat_line(summaries)
         lines += [f"## The other protocol: NDCG@10, {PROTOCOL_NAMES[other]}", "",
                   "The same trained models (early stopping under the headline protocol), ranked the other way."]
