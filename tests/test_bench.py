@@ -517,8 +517,24 @@ def test_report_splits_the_headline_by_input_history_length(tmp_path):
     assert by_model["MUFASA"]["1-32: Δ vs SASRec [95% CI]"] == "+0.3000 [+0.3000, +0.3000] better"
     assert by_model["MUFASA"]["50: Δ vs SASRec [95% CI]"] == "+0.0000 [+0.0000, +0.0000] tie"
     assert by_model["SASRec"]["50 items (10 users) NDCG@10"] == "0.1000" and by_model["SASRec"]["1-32: Δ vs SASRec [95% CI]"] == "reference"
+    assert "### Feature models against SASRecMM" not in markdown  # no SASRecMM runs: no second table
     assert "## By input history length" not in open(report.write_report(str(tmp_path / "none"), rows, ["SASRec", "MUFASA"], _settings())[
         "markdown"], encoding="utf-8").read()
+    # with SASRecMM, the feature models are also compared with it on each group's users
+    for seed in (1, 2):
+        row = _fake_run("SASRecMM", seed, 0.10)
+        row["per_user"]["full"] = [value + (0.1 if user in short else 0.0) for user, value in zip(USERS, row["per_user"]["full"])]
+        rows.append(row)
+    models = ["SASRec", "SASRecMM", "MUFASA"]
+    markdown = open(report.write_report(str(tmp_path / "mm"), rows, models, dict(settings, models=models))["markdown"], encoding="utf-8").read()
+    section = markdown[markdown.index("## By input history length"):]
+    section = section[section.index("### Feature models against SASRecMM"):]
+    header, table = _table_rows(section, "Model | Features | 1-32 items (30 users) NDCG@10")
+    against = {row[0]: dict(zip(header, row)) for row in table}
+    assert sorted(against) == ["MUFASA", "SASRecMM"]  # ID-only SASRec is not in it
+    assert against["SASRecMM"]["1-32: Δ vs SASRecMM [95% CI]"] == "reference"
+    assert against["MUFASA"]["1-32: Δ vs SASRecMM [95% CI]"] == "+0.2000 [+0.2000, +0.2000] better"
+    assert against["MUFASA"]["50: Δ vs SASRecMM [95% CI]"] == "+0.0000 [+0.0000, +0.0000] tie"
 
 
 def test_input_history_lengths_count_each_users_items_but_the_test_target(tmp_path):

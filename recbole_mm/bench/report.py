@@ -337,6 +337,21 @@ def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_
     return [intro, ""] + _table(header, rows)
 
 
+def history_length_section(summaries, protocol: str, settings) -> List[str]:
+    """The history-length tables: every model against SASRec, then the feature models against SASRecMM
+    (the comparison that isolates what a model does with the same features)."""
+    lengths, max_len = settings.get("history_lengths") or {}, settings["profile"]["max_len"]
+    lines = history_length_table(summaries, protocol, lengths, max_len)
+    if not lines:
+        return []
+    section = ["## By input history length", ""] + lines + [""]
+    feature_models = [s for s in summaries if s.get("uses_features")]
+    if len(feature_models) > 1:
+        against = history_length_table(feature_models, protocol, lengths, max_len, MULTIMODAL_REFERENCE)
+        section += ([f"### Feature models against {MULTIMODAL_REFERENCE}", ""] + against + [""]) if against else []
+    return section
+
+
 def speed_table(summaries, reference=SPEED_REFERENCE) -> List[str]:
     if not any(s["model"] == reference and s["seeds_ok"] for s in summaries):
         return [f"{reference} has no finished run in this table, so no ratios; absolute times are in the quality table."]
@@ -638,9 +653,7 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
         lines += ["## Cold items", ""] + cold_table(summaries, settings["cold_max_count"], headline, cold_users) + [""]
     if any(s.get("history_in_top10_mean") is not None for s in summaries):
         lines += ["## History items", ""] + history_table(summaries) + [""]
-    length_lines = history_length_table(summaries, headline, settings.get("history_lengths") or {}, settings["profile"]["max_len"])
-    if length_lines:
-        lines += ["## By input history length", ""] + length_lines + [""]
+    lines += history_length_section(summaries, headline, settings)
     lines += ["## Features vs ID-only", ""] + features_verdict(summaries, headline, cold_users) + [""]
     lines += ["## Speed", ""] + speed_table(summaries) + [""]
     if tuning:
