@@ -682,6 +682,57 @@ def test_sharing_warnings_name_what_parallel_runs_contend_for():
     assert "18 runs share one GPU" in gpu and "MPS" in gpu
 
 
+def _ok_row(model, seed, value):
+    return dict(pipeline.new_row(model, "none", seed), status="ok", wall_s=0.0, **{"ndcg@10": value})
+
+
+def test_two_invocations_sharing_a_cache_never_train_one_run_twice(tmp_path, monkeypatch, capsys):
+    """While another process holds a run (its lock), an invocation trains the rest first, then waits and
+    takes that process's row; a report-only invocation says the run is being trained elsewhere."""
+    import threading
+
+    cache = runner.RunCache(str(tmp_path))
+    held, free = (runner.RunSpec("SASRec", "none", {"use_gpu": False}, seed, None, {}) for seed in (2020, 2021))
+    held_key = held.key(None, 5)
+    trained, free_done = [], threading.Event()
+
+    def fake_run(model, dataset, config, seed=2020, **options):
+        trained.append(seed)
+        free_done.set()
+        return _ok_row(model, seed, 0.2)
+
+    monkeypatch.setattr(runner, "run_model", fake_run)
+    result = {}
+    with cache.claim(held_key) as mine:  # this test plays the other process
+        assert mine and cache.held_elsewhere(held_key)
+        runner.execute([held], cache, {"cold_max_count": 5}, run_missing=False)
+        assert "training in another process" in capsys.readouterr().err
+        worker = threading.Thread(target=lambda: result.update(rows=runner.execute([held, free], cache, {"cold_max_count": 5})))
+        worker.start()
+        assert free_done.wait(30)
+        cache.put(held_key, _ok_row("SASRec", 2020, 0.7))  # the other process finishes its run
+    worker.join(30)
+    assert not worker.is_alive() and not cache.held_elsewhere(held_key)
+    assert trained == [2021]
+    assert [row["ndcg@10"] for row in result["rows"]] == [0.7, 0.2]
+    err = capsys.readouterr().err
+    assert "another process is training it" in err and "waiting for the other process" in err
+
+
+def test_a_run_whose_other_process_died_is_trained_by_the_waiting_one(tmp_path, monkeypatch):
+    cache = runner.RunCache(str(tmp_path))
+    spec = runner.RunSpec("SASRec", "none", {"use_gpu": False}, 2020, None, {})
+    trained = []
+    monkeypatch.setattr(runner, "run_model", lambda model, dataset, config, seed=2020, **options:
+                        trained.append(seed) or _ok_row(model, seed, 0.3))
+    with cache.claim(spec.key(None, 5)) as mine:
+        assert mine
+        with cache.claim(spec.key(None, 5)) as second:
+            assert not second  # a second holder (another open file) is refused while the first holds it
+    [row] = runner.execute([spec], cache, {"cold_max_count": 5})  # nobody holds it now, and it has no row
+    assert trained == [2020] and row["ndcg@10"] == 0.3
+
+
 def test_execute_warns_before_running_oversubscribed_jobs(tmp_path, monkeypatch, capsys):
     """The warning comes once, from the runner, before any run; with nothing to run it stays quiet."""
     monkeypatch.setattr(runner.os, "cpu_count", lambda: 1)

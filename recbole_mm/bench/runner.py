@@ -15,6 +15,10 @@
   so a killed invocation continues those runs from their last finished epoch; the folder goes once
   the run's row is written. Until then a report-only invocation gives such a run's progress
   (``in_flight`` in its ``missing`` row: epochs trained, best validation NDCG@10 so far).
+- Several invocations may share one cache (e.g. one per core, each with its own list of runs): a
+  process holds ``<key>.lock`` (an advisory ``flock``, released by the kernel however the process
+  ends) while it trains a run, and another process that reaches the same run leaves it for last,
+  then waits for it and reads its row instead of training it a second time on the same state.
 """
 
 import ast
@@ -28,8 +32,14 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one cache then takes runs from one invocation at a time
+    fcntl = None
 
 from recbole_mm.bench.measure import NOT_RUN
 from recbole_mm.bench.pipeline import (PROGRESS_PREFIX, error_text, last_checkpoint, new_row, progress_text, run_progress, say,
@@ -356,6 +366,30 @@ class RunCache:
     def put(self, key: str, row: dict) -> None:
         _write_row(self.path(key), row)
 
+    @contextmanager
+    def claim(self, key: str, wait: bool = False):
+        """Hold the run ``key`` for this process: yields True while held, False when another process
+        holds it (``wait=False``); ``wait=True`` blocks until it is free. Without ``fcntl`` every
+        claim succeeds."""
+        if fcntl is None:
+            yield True
+            return
+        with open(os.path.join(self.runs_dir, key + ".lock"), "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def held_elsewhere(self, key: str) -> bool:
+        """Whether another process is training the run ``key`` right now."""
+        with self.claim(key) as held:
+            return not held
+
     def publish(self, keys: Sequence[str]) -> int:
         """Copy the finished rows of ``keys`` into ``published_dir`` (JSON only); returns how many."""
         os.makedirs(self.published_dir, exist_ok=True)
@@ -431,35 +465,63 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
         for warning in sharing_warnings(jobs, options.get("threads"), _runs_on_gpu(specs)):
             say(f"warning: {warning}")
 
-    def one(spec: RunSpec) -> dict:
+    prefixes = {}  # spec index -> its "[i/n] model seed" label
+
+    def one(index: int, wait: bool = False) -> Optional[dict]:
+        """Row of ``specs[index]``; None when another process is training it (``wait=False``: come back later)."""
+        spec = specs[index]
         key = spec.key(options.get("max_batches"), options.get("cold_max_count", DEFAULT_COLD_MAX_COUNT))
-        prefix = clock.next(f"{spec.model} seed {spec.seed}" + (f" {_point_text(spec.point)}" if spec.point else ""))
+        if index not in prefixes:
+            prefixes[index] = clock.next(f"{spec.model} seed {spec.seed}" + (f" {_point_text(spec.point)}" if spec.point else ""))
+        prefix = prefixes[index]
         row = None if fresh else cache.get(key)
         if row is not None:
             say(f"{prefix}: cached ({key})")
         elif not run_missing:
             progress = run_progress(cache.state_dir(key))
-            say(f"{prefix}: not run yet (report-only)" + (f"; in flight: {progress_text(progress)}" if progress else ""))
+            elsewhere = "; training in another process" if cache.held_elsewhere(key) else ""
+            say(f"{prefix}: not run yet (report-only)" + (f"; in flight: {progress_text(progress)}" if progress else "") + elsewhere)
             row = dict(new_row(spec.model, spec.dataset, spec.seed), status="missing", error=NOT_RUN,
                        uses_features=uses_features(spec.model), in_flight=progress)
         else:
-            state_dir = cache.state_dir(key)
-            if fresh:
-                shutil.rmtree(state_dir, ignore_errors=True)
-            say(f"{prefix}: {'resuming' if last_checkpoint(state_dir) else 'running'}")
-            start = time.perf_counter()
-            row = run_model(spec.model, spec.dataset, spec.config, spec.seed, log_path=os.path.join(cache.runs_dir, key + ".log"),
-                            state_dir=state_dir, **options)
-            clock.ran(time.perf_counter() - start)
-            row["point"] = spec.point
-            cache.put(key, row)
-            if row["status"] == "ok":
-                shutil.rmtree(state_dir, ignore_errors=True)
-            outcome = f"ok in {row['wall_s']:.0f} s" if row["status"] == "ok" else f"FAILED: {row['error']}"
-            say(f"{prefix}: {outcome}{clock.eta()}")
+            with cache.claim(key, wait=wait) as held:
+                if not held:
+                    say(f"{prefix}: another process is training it; coming back to it after the rest")
+                    return None
+                row = None if fresh else cache.get(key)  # another process may have finished it meanwhile
+                if row is not None:
+                    say(f"{prefix}: finished by another process ({key})")
+                else:
+                    row = _run_and_store(spec, key, prefix)
         return dict(row, key=key, point=spec.point)
 
-    return map_stoppable(one, specs, jobs)
+    def _run_and_store(spec: RunSpec, key: str, prefix: str) -> dict:
+        state_dir = cache.state_dir(key)
+        if fresh:
+            shutil.rmtree(state_dir, ignore_errors=True)
+        say(f"{prefix}: {'resuming' if last_checkpoint(state_dir) else 'running'}")
+        start = time.perf_counter()
+        row = run_model(spec.model, spec.dataset, spec.config, spec.seed, log_path=os.path.join(cache.runs_dir, key + ".log"),
+                        state_dir=state_dir, **options)
+        clock.ran(time.perf_counter() - start)
+        row["point"] = spec.point
+        cache.put(key, row)
+        if row["status"] == "ok":
+            shutil.rmtree(state_dir, ignore_errors=True)
+        outcome = f"ok in {row['wall_s']:.0f} s" if row["status"] == "ok" else f"FAILED: {row['error']}"
+        say(f"{prefix}: {outcome}{clock.eta()}")
+        return row
+
+    def wait_for(index: int) -> dict:
+        say(f"{prefixes[index]}: waiting for the other process")
+        return one(index, wait=True)
+
+    rows = map_stoppable(one, range(len(specs)), jobs)
+    # runs another process was training, last: wait for each, then take its row (or resume it if that process died)
+    waiting = [index for index, row in enumerate(rows) if row is None]
+    for index, row in zip(waiting, map_stoppable(wait_for, waiting, jobs)):
+        rows[index] = row
+    return rows
 
 
 def map_stoppable(function, items, jobs: int) -> list:
