@@ -702,6 +702,7 @@ def test_two_invocations_sharing_a_cache_never_train_one_run_twice(tmp_path, mon
         return _ok_row(model, seed, 0.2)
 
     monkeypatch.setattr(runner, "run_model", fake_run)
+    monkeypatch.setattr(runner, "CLAIM_POLL_S", 0.01)
     result = {}
     with cache.claim(held_key) as mine:  # this test plays the other process
         assert mine and cache.held_elsewhere(held_key)
@@ -731,6 +732,33 @@ def test_a_run_whose_other_process_died_is_trained_by_the_waiting_one(tmp_path, 
             assert not second  # a second holder (another open file) is refused while the first holds it
     [row] = runner.execute([spec], cache, {"cold_max_count": 5})  # nobody holds it now, and it has no row
     assert trained == [2020] and row["ndcg@10"] == 0.3
+
+
+def test_stopping_an_invocation_ends_its_wait_for_another_process(tmp_path, monkeypatch):
+    """Ctrl-C stops the runs in flight and also a thread waiting on another process's lock (a blocking
+    wait would keep the pool, and so the invocation, alive until that process finished)."""
+    import threading
+
+    cache = runner.RunCache(str(tmp_path))
+    monkeypatch.setattr(runner, "CLAIM_POLL_S", 0.01)
+    outcome = []
+
+    def wait():
+        try:
+            with cache.claim("k", wait=True):
+                outcome.append("claimed")
+        except KeyboardInterrupt:
+            outcome.append("stopped")
+
+    with cache.claim("k"):
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.1)
+        assert waiter.is_alive() and not outcome
+        runner.stop_live_runs()
+        waiter.join(5)
+    assert outcome == ["stopped"]
+    runner._STOPPING.clear()
 
 
 def test_execute_warns_before_running_oversubscribed_jobs(tmp_path, monkeypatch, capsys):

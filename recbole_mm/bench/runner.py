@@ -53,6 +53,8 @@ _WORKER_CODE = "from recbole_mm.bench.runner import worker_main; worker_main()"
 _PATH_KEYS = ("data_path", "feature_path", "checkpoint_dir")
 _LIVE = set()  # child processes of runs in flight (parallel jobs are stopped together on Ctrl-C)
 _LIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()  # set on Ctrl-C: threads waiting for another process's run give up
+CLAIM_POLL_S = 5.0  # how often a wait for another process's run checks the lock
 
 
 # ----- one run, isolated ----------------------------------------------------------------------
@@ -369,17 +371,22 @@ class RunCache:
     @contextmanager
     def claim(self, key: str, wait: bool = False):
         """Hold the run ``key`` for this process: yields True while held, False when another process
-        holds it (``wait=False``); ``wait=True`` blocks until it is free. Without ``fcntl`` every
-        claim succeeds."""
+        holds it (``wait=False``); ``wait=True`` polls until it is free, or raises KeyboardInterrupt
+        once the invocation is being stopped. Without ``fcntl`` every claim succeeds."""
         if fcntl is None:
             yield True
             return
         with open(os.path.join(self.runs_dir, key + ".lock"), "a") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not wait:
+                        yield False
+                        return
+                if _STOPPING.wait(CLAIM_POLL_S):  # a blocking flock would keep a pool thread past Ctrl-C
+                    raise KeyboardInterrupt
             try:
                 yield True
             finally:
@@ -461,6 +468,7 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
     ``max_batches``, ``cold_max_count``, ...). Each row gets its cache ``key`` and tuning ``point``."""
     jobs = max(1, int(jobs or 1)) if options.get("isolate", True) else 1  # in-process runs cannot overlap
     clock = _Clock(len(specs), jobs)
+    _STOPPING.clear()
     if run_missing:
         for warning in sharing_warnings(jobs, options.get("threads"), _runs_on_gpu(specs)):
             say(f"warning: {warning}")
@@ -542,7 +550,9 @@ def map_stoppable(function, items, jobs: int) -> list:
 
 
 def stop_live_runs() -> None:
-    """Kill the worker processes of every isolated run in flight (on an interrupt, whichever thread waits on them)."""
+    """Kill the worker processes of every isolated run in flight (on an interrupt, whichever thread waits on them),
+    and end the waits for other processes' runs."""
+    _STOPPING.set()
     with _LIVE_LOCK:
         for process in list(_LIVE):
             process.kill()
