@@ -734,6 +734,15 @@ def test_a_run_whose_other_process_died_is_trained_by_the_waiting_one(tmp_path, 
     assert trained == [2020] and row["ndcg@10"] == 0.3
 
 
+def test_without_fcntl_every_claim_succeeds(tmp_path, monkeypatch):
+    """Windows has no ``fcntl``: no lock files, no waiting (one invocation per cache there)."""
+    monkeypatch.setattr(runner, "fcntl", None)
+    cache = runner.RunCache(str(tmp_path))
+    with cache.claim("k") as first, cache.claim("k", wait=True) as second:
+        assert first and second and not cache.held_elsewhere("k")
+    assert not os.path.exists(tmp_path / "k.lock")
+
+
 def test_stopping_an_invocation_ends_its_wait_for_another_process(tmp_path, monkeypatch):
     """Ctrl-C stops the runs in flight and also a thread waiting on another process's lock (a blocking
     wait would keep the pool, and so the invocation, alive until that process finished)."""
