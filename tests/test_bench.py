@@ -692,6 +692,7 @@ def test_two_invocations_sharing_a_cache_never_train_one_run_twice(tmp_path, mon
     import threading
 
     cache = runner.RunCache(str(tmp_path))
+    assert not cache.held_elsewhere("never-run") and not os.path.exists(tmp_path / "never-run.lock")  # asking leaves no file
     held, free = (runner.RunSpec("SASRec", "none", {"use_gpu": False}, seed, None, {}) for seed in (2020, 2021))
     held_key = held.key(None, 5)
     trained, free_done = [], threading.Event()

@@ -393,7 +393,9 @@ class RunCache:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def held_elsewhere(self, key: str) -> bool:
-        """Whether another process is training the run ``key`` right now."""
+        """Whether another process is training the run ``key`` right now (no lock file: nobody ever was)."""
+        if not os.path.exists(os.path.join(self.runs_dir, key + ".lock")):
+            return False
         with self.claim(key) as held:
             return not held
 
