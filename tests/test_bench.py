@@ -744,6 +744,16 @@ def test_without_fcntl_every_claim_succeeds(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "k.lock")
 
 
+def test_a_filesystem_without_locks_runs_unguarded(tmp_path, monkeypatch):
+    """flock can fail with ENOLCK on some network mounts: the run goes ahead rather than failing."""
+    def no_locks(handle, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(runner, "fcntl", types.SimpleNamespace(flock=no_locks, LOCK_EX=2, LOCK_NB=4, LOCK_UN=8))
+    with runner.RunCache(str(tmp_path)).claim("k") as held:
+        assert held
+
+
 def test_stopping_an_invocation_ends_its_wait_for_another_process(tmp_path, monkeypatch):
     """Ctrl-C stops the runs in flight and also a thread waiting on another process's lock (a blocking
     wait would keep the pool, and so the invocation, alive until that process finished)."""

@@ -372,7 +372,8 @@ class RunCache:
     def claim(self, key: str, wait: bool = False):
         """Hold the run ``key`` for this process: yields True while held, False when another process
         holds it (``wait=False``); ``wait=True`` polls until it is free, or raises KeyboardInterrupt
-        once the invocation is being stopped. Without ``fcntl`` every claim succeeds."""
+        once the invocation is being stopped. Without ``fcntl``, or on a filesystem without locks, every
+        claim succeeds."""
         if fcntl is None:
             yield True
             return
@@ -385,6 +386,9 @@ class RunCache:
                     if not wait:
                         yield False
                         return
+                except OSError:  # a filesystem without locks (some network mounts): unguarded, as without fcntl
+                    yield True
+                    return
                 if _STOPPING.wait(CLAIM_POLL_S):  # a blocking flock would keep a pool thread past Ctrl-C
                     raise KeyboardInterrupt
             try:
@@ -502,10 +506,10 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
                 if row is not None:
                     say(f"{prefix}: finished by another process ({key})")
                 else:
-                    row = _run_and_store(spec, key, prefix)
+                    row = run_and_store(spec, key, prefix)
         return dict(row, key=key, point=spec.point)
 
-    def _run_and_store(spec: RunSpec, key: str, prefix: str) -> dict:
+    def run_and_store(spec: RunSpec, key: str, prefix: str) -> dict:
         state_dir = cache.state_dir(key)
         if fresh:
             shutil.rmtree(state_dir, ignore_errors=True)
