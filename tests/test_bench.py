@@ -719,6 +719,7 @@ def test_two_invocations_sharing_a_cache_never_train_one_run_twice(tmp_path, mon
     assert [row["ndcg@10"] for row in result["rows"]] == [0.7, 0.2]
     err = capsys.readouterr().err
     assert "another process is training it" in err and "waiting for the other process" in err
+    assert not os.path.exists(cache.lock_path(free.key(None, 5)))  # its row written, the lock file goes
 
 
 def test_a_run_whose_other_process_died_is_trained_by_the_waiting_one(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@
   (``in_flight`` in its ``missing`` row: epochs trained, best validation NDCG@10 so far).
 - Several invocations may share one cache (e.g. one per core, each with its own list of runs): a
   process holds ``<key>.lock`` (an advisory ``flock``, released by the kernel however the process
-  ends) while it trains a run, and another process that reaches the same run leaves it for last,
+  ends; the file goes once the run's row is written) while it trains a run, and another process that reaches the same run leaves it for last,
   then waits for it and reads its row instead of training it a second time on the same state.
 """
 
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import contextmanager
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
@@ -368,7 +368,7 @@ class RunCache:
     def put(self, key: str, row: dict) -> None:
         _write_row(self.path(key), row)
 
-    @contextmanager
+    @contextlib.contextmanager
     def claim(self, key: str, wait: bool = False):
         """Hold the run ``key`` for this process: yields True while held, False when another process
         holds it (``wait=False``); ``wait=True`` polls until it is free, or raises KeyboardInterrupt
@@ -377,7 +377,7 @@ class RunCache:
         if fcntl is None:
             yield True
             return
-        with open(os.path.join(self.runs_dir, key + ".lock"), "a") as handle:
+        with open(self.lock_path(key), "a") as handle:
             while True:
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -396,9 +396,12 @@ class RunCache:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def lock_path(self, key: str) -> str:
+        return os.path.join(self.runs_dir, key + ".lock")
+
     def held_elsewhere(self, key: str) -> bool:
         """Whether another process is training the run ``key`` right now (no lock file: nobody ever was)."""
-        if not os.path.exists(os.path.join(self.runs_dir, key + ".lock")):
+        if not os.path.exists(self.lock_path(key)):
             return False
         with self.claim(key) as held:
             return not held
@@ -507,6 +510,9 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
                     say(f"{prefix}: finished by another process ({key})")
                 else:
                     row = run_and_store(spec, key, prefix)
+                if row["status"] == "ok":  # removed while held: a waiter on it then finds the row; a failed run keeps it
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(cache.lock_path(key))
         return dict(row, key=key, point=spec.point)
 
     def run_and_store(spec: RunSpec, key: str, prefix: str) -> dict:
