@@ -17,8 +17,9 @@
   (``in_flight`` in its ``missing`` row: epochs trained, best validation NDCG@10 so far).
 - Several invocations may share one cache (e.g. one per core, each with its own list of runs): a
   process holds ``<key>.lock`` (an advisory ``flock``, released by the kernel however the process
-  ends; the file goes once the run's row is written) while it trains a run, and another process that reaches the same run leaves it for last,
-  then waits for it and reads its row instead of training it a second time on the same state.
+  ends; the file goes once the run's row is written) while it trains a run, and another process that
+  reaches the same run leaves it for last, then waits for it and reads its row instead of training it
+  a second time on the same state.
 """
 
 import ast
