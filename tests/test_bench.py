@@ -437,7 +437,8 @@ def test_report_aggregates_seeds_tests_against_sasrec_and_reads_results_files(tm
     assert by_model["MUFASA"]["NDCG@10"] == "0.3000" and by_model["MUFASA"]["Status"] == "ok 1/2 seeds; failed: OOM \\| killed"
     header, table = _table_rows(markdown, "Model | Features | Tuned point")
     headline = {row[0]: dict(zip(header, row)) for row in table}
-    assert headline["MUFASA"]["Verdict"] == "better" and headline["MUFASA"]["Δ vs SASRec [95% CI]"].startswith("+0.1500 [+0.1500")
+    # its CI excludes 0, but one finished seed cannot carry a claim (the protocol's 3-seed rule)
+    assert headline["MUFASA"]["Verdict"] == "tie (1 seed)" and headline["MUFASA"]["Δ vs SASRec [95% CI]"].startswith("+0.1500 [+0.1500")
     assert headline["GRU4Rec"]["Verdict"] == "tie" and headline["SASRec"]["Δ vs SASRec [95% CI]"] == "reference"
     assert headline["MUFASA"]["Tuned point"] == "lr 0.001, dropout 0.2"
     assert "Share of test targets that repeat an item of the user's input history: 0.000" in markdown
@@ -446,14 +447,15 @@ def test_report_aggregates_seeds_tests_against_sasrec_and_reads_results_files(tm
     assert speed["MUFASA"]["Train x SASRec"] == "2.50x" and speed["MUFASA"]["Infer x SASRec"] == "1.00x"
     assert "| 2048 | 9 | 3 |" in markdown and "cold-user NDCG@10 (seed means, no CI): best with features MUFASA" in markdown
     summary = {row["model"]: row for row in _read_csv(paths["csv"])}
-    assert summary["MUFASA"]["full_vs_SASRec_verdict"] == "better" and float(summary["MUFASA"]["full_vs_SASRec_diff"]) == pytest.approx(0.15)
+    assert summary["MUFASA"]["full_vs_SASRec_verdict"] == "tie" and summary["MUFASA"]["full_vs_SASRec_ci_verdict"] == "better"
+    assert float(summary["MUFASA"]["full_vs_SASRec_diff"]) == pytest.approx(0.15)
 
 
 def test_report_compares_the_feature_models_with_sasrecmm_too(tmp_path):
     from recbole_mm.bench import report
 
     rows = [_fake_run(model, seed, score) for model, score in (("SASRec", 0.10), ("SASRecMM", 0.20), ("CAMMSR", 0.15))
-            for seed in (1, 2)]
+            for seed in (1, 2, 3)]
     models = ["SASRec", "SASRecMM", "CAMMSR"]
     markdown = open(report.write_report(str(tmp_path / "toy"), rows, models, _settings(models=models))["markdown"], encoding="utf-8").read()
     section = markdown[markdown.index("### Feature models against SASRecMM"):]
@@ -485,10 +487,10 @@ def test_report_pairs_the_models_on_the_cold_users_the_runs_recorded(tmp_path):
     header, table = _table_rows(markdown, "Model | Features | Cold users")
     cold = {row[0]: dict(zip(header, row)) for row in table}
     # one run listing the cold users is enough: they are the data's, the same for every model
-    assert cold["SASRecMM"]["Cold Δ vs SASRec [95% CI]"] == "+0.2000 [+0.2000, +0.2000] better"
+    assert cold["SASRecMM"]["Cold Δ vs SASRec [95% CI]"] == "+0.2000 [+0.2000, +0.2000] tie (2 seeds)"  # CI > 0, 2 seeds
     assert cold["CAMMSR"]["Cold Δ vs SASRecMM [95% CI]"].endswith("tie") and cold["SASRecMM"]["Cold Δ vs SASRecMM [95% CI]"] == "reference"
     assert "Best cold NDCG@10: SASRecMM 0.3000; within its CI (tie): CAMMSR." in markdown
-    assert "cold-user NDCG@10 (paired on the cold users): best with features SASRecMM 0.3000 vs best ID-only SASRec 0.1000: better" in markdown
+    assert "cold-user NDCG@10 (paired on the cold users): best with features SASRecMM 0.3000 vs best ID-only SASRec 0.1000: tie (2 seeds)" in markdown
     # without any run listing them (older rows), seed means only
     for row in rows:
         row["per_user"].pop(measure.COLD_USERS_KEY, None)
@@ -514,7 +516,7 @@ def test_report_splits_the_headline_by_input_history_length(tmp_path):
     by_model = {row[0]: dict(zip(header, row)) for row in table}
     assert header[2:] == ["1-32 items (30 users) NDCG@10", "1-32: Δ vs SASRec [95% CI]", "50 items (10 users) NDCG@10",
                           "50: Δ vs SASRec [95% CI]"]  # no user between the window and the full input: no empty group
-    assert by_model["MUFASA"]["1-32: Δ vs SASRec [95% CI]"] == "+0.3000 [+0.3000, +0.3000] better"
+    assert by_model["MUFASA"]["1-32: Δ vs SASRec [95% CI]"] == "+0.3000 [+0.3000, +0.3000] tie (2 seeds)"  # CI > 0, 2 seeds
     assert by_model["MUFASA"]["50: Δ vs SASRec [95% CI]"] == "+0.0000 [+0.0000, +0.0000] tie"
     assert by_model["SASRec"]["50 items (10 users) NDCG@10"] == "0.1000" and by_model["SASRec"]["1-32: Δ vs SASRec [95% CI]"] == "reference"
     assert "### Feature models against SASRecMM" not in markdown  # no SASRecMM runs: no second table
@@ -533,7 +535,7 @@ def test_report_splits_the_headline_by_input_history_length(tmp_path):
     against = {row[0]: dict(zip(header, row)) for row in table}
     assert sorted(against) == ["MUFASA", "SASRecMM"]  # ID-only SASRec is not in it
     assert against["SASRecMM"]["1-32: Δ vs SASRecMM [95% CI]"] == "reference"
-    assert against["MUFASA"]["1-32: Δ vs SASRecMM [95% CI]"] == "+0.2000 [+0.2000, +0.2000] better"
+    assert against["MUFASA"]["1-32: Δ vs SASRecMM [95% CI]"] == "+0.2000 [+0.2000, +0.2000] tie (2 seeds)"
     assert against["MUFASA"]["50: Δ vs SASRecMM [95% CI]"] == "+0.0000 [+0.0000, +0.0000] tie"
 
 
@@ -560,7 +562,7 @@ def test_report_tuning_grid_and_headline_protocol(tmp_path):
     markdown = open(paths["markdown"], encoding="utf-8").read()
     assert markdown.index("## Headline: NDCG@10, input history left out") < markdown.index("## The other protocol: NDCG@10, all items")
     header, table = _table_rows(markdown, "Model | Features | Tuned point")  # the first one: the headline
-    assert dict(zip(header, table[1]))["Verdict"] == "worse" and dict(zip(header, table[1]))["NDCG@10"] == "0.0200"
+    assert dict(zip(header, table[1]))["Verdict"] == "tie (1 seed)" and dict(zip(header, table[1]))["NDCG@10"] == "0.0200"
     header, table = _table_rows(markdown, "Model | lr 0.001, dropout 0.2")
     assert table[0] == ["SASRec", "0.1000", "0.1100", "0.1200", "**0.1300**", "lr 0.003, dropout 0.5"]
 
@@ -568,17 +570,19 @@ def test_report_tuning_grid_and_headline_protocol(tmp_path):
 def test_report_checks_each_verdict_seed_by_seed(tmp_path):
     from recbole_mm.bench import report
 
-    # SASRec has one good seed and one slow one; Lucky is "better" only through the slow seed,
-    # Steady beats both seeds, Level ties the mean
-    scores = {"SASRec": (0.20, 0.05), "Lucky": (0.15, 0.15), "Steady": (0.30, 0.31), "Level": (0.125, 0.125)}
-    rows = [_fake_run(model, seed, score) for model, pair in scores.items() for seed, score in zip((1, 2), pair)]
+    # SASRec has two good seeds and one slow one; Lucky is "better" only through the slow seed,
+    # Steady beats every seed, Level ties the mean (3 seeds a side: enough for a claim)
+    scores = {"SASRec": (0.20, 0.05, 0.20), "Lucky": (0.17, 0.17, 0.17), "Steady": (0.30, 0.31, 0.30), "Level": (0.15, 0.15, 0.15)}
+    rows = [_fake_run(model, seed, score) for model, triple in scores.items() for seed, score in zip((1, 2, 3), triple)]
     summaries = report.summarize(rows, list(scores))
     lines = report.seed_check_lines(summaries, "excl")
     by_model = {line.split()[1]: line for line in lines if line.startswith("- ")}
     assert sorted(by_model) == ["Lucky", "Steady"]  # a tie needs no check
-    assert by_model["Lucky"].startswith("- Lucky better than SASRec over the seed means, but not seed by seed: against SASRec seed 1 alone -0.0500")
+    assert by_model["Lucky"].startswith("- Lucky better than SASRec over the seed means, but not seed by seed: against SASRec seed 1 alone -0.0300")
     assert "(worse)" in by_model["Lucky"] and "seed 2 alone" not in by_model["Lucky"]
-    assert by_model["Steady"].endswith("and better with either side cut to any one of its seeds (4 checks).")
+    assert by_model["Steady"].endswith("and better with either side cut to any one of its seeds (6 checks).")
+    two = report.summarize([row for row in rows if row["seed"] != 3], list(scores))
+    assert report.seed_check_lines(two, "excl") == []  # two seeds a side: every CI excluding 0 is a tie already
     single = report.summarize([row for row in rows if row["seed"] == 1], list(scores))
     assert report.seed_check_lines(single, "excl") == []  # one seed a side: nothing to cut
     markdown = open(report.write_report(str(tmp_path / "toy"), rows, list(scores), _settings(models=list(scores)))["markdown"],
@@ -589,14 +593,16 @@ def test_report_checks_each_verdict_seed_by_seed(tmp_path):
 def test_features_verdict_comes_from_the_paired_ci():
     from recbole_mm.bench.report import features_verdict, summarize
 
-    def verdict(feature_ndcg, id_ndcg):
-        rows = [_fake_run("MM", 1, feature_ndcg), _fake_run("SASRec", 1, id_ndcg)]
-        rows[1]["uses_features"] = False
+    def verdict(feature_ndcg, id_ndcg, seeds=(1, 2, 3)):
+        rows = [_fake_run(model, seed, ndcg) for seed in seeds for model, ndcg in (("MM", feature_ndcg), ("SASRec", id_ndcg))]
+        for row in rows[1::2]:
+            row["uses_features"] = False
         return features_verdict(summarize(rows, ["MM", "SASRec"]))[0]
 
     assert "feature model better" in verdict(0.30, 0.20)
     assert "ID-only model better" in verdict(0.10, 0.20)
     assert verdict(0.20, 0.20).endswith(": tie (Δ +0.0000 [+0.0000, +0.0000]).")
+    assert verdict(0.30, 0.20, seeds=(1,)).endswith(": tie (1 seed: too few for a claim) (Δ +0.1000 [+0.1000, +0.1000]).")
 
 
 # ----- the synthetic set ----------------------------------------------------------------------

@@ -106,6 +106,22 @@ def test_paired_bootstrap_finds_a_known_difference_and_calls_zero_a_tie():
         stats.compare_paired([1.0, 2.0], [1.0])
 
 
+def test_a_claim_needs_three_seeds_of_each_side():
+    import numpy as np
+
+    from recbole_mm.bench import stats
+
+    base = np.random.default_rng(4).random(300)
+    result = stats.compare_paired(base + 0.05, base)
+    assert stats.seed_rule(result, 3)["verdict"] == "better" and stats.verdict_text(stats.seed_rule(result, 3)) == "better"
+    short = stats.seed_rule(result, 2)
+    assert (short["verdict"], short["ci_verdict"], short["ci_low"]) == ("tie", "better", result["ci_low"])
+    assert stats.verdict_text(short) == "tie (2 seeds)" and stats.verdict_text(stats.seed_rule(result, 1)) == "tie (1 seed)"
+    level = stats.seed_rule(stats.compare_paired(base, base.copy()), 2)
+    assert stats.verdict_text(level) == "tie"  # a CI that includes 0 needs no note
+    assert stats.seed_rule(None, 3) is None
+
+
 def test_seed_average_is_per_user_over_the_users_of_every_seed():
     from recbole_mm.bench import stats
 

@@ -5,7 +5,7 @@ tuning grid, speed ratios, plots; markdown and CSV.
 
 - ``results.md``: the headline table (NDCG@10 of each model at its tuned point under the regime's
   ranking protocol, seed mean +- std, mean per-user difference to SASRec with its paired bootstrap
-  95% CI, Wilcoxon p, verdict better / worse / tie from the CI), the feature models against SASRecMM
+  95% CI, Wilcoxon p, verdict better / worse when the CI excludes 0 and both sides have 3+ seeds, else tie), the feature models against SASRecMM
   the same way (when it is in the table), each better / worse verdict of those two tables checked
   seed by seed (recomputed with either side cut to one of its seeds: the CI resamples users with the
   seeds fixed and does not see how far seeds spread), the same under the other protocol,
@@ -50,7 +50,7 @@ NUMERIC_KEYS = METRIC_KEYS + COLD_KEYS + HISTORY_KEYS + (
     "wall_s",
 )
 QUALITY_COLUMNS = (("Recall@10", "recall@10"), ("Recall@20", "recall@20"), ("NDCG@10", "ndcg@10"), ("NDCG@20", "ndcg@20"), ("MRR@10", "mrr@10"))
-SIGNIFICANCE_FIELDS = ("diff", "ci_low", "ci_high", "wilcoxon_p", "verdict")
+SIGNIFICANCE_FIELDS = ("diff", "ci_low", "ci_high", "wilcoxon_p", "verdict", "ci_verdict", "seeds")
 SUMMARY_FIELDS = (
     ["model", "status", "seeds_ok", "seeds_run", "uses_features", "point", "error"]
     + [f"{key}_{stat}" for key in NUMERIC_KEYS for stat in ("mean", "std")]
@@ -144,8 +144,9 @@ def _add_speed_ratios(summaries, reference=SPEED_REFERENCE):
 
 def paired(a: dict, b: dict, protocol: str, users=None) -> Optional[dict]:
     """:func:`recbole_mm.bench.stats.compare_paired` of two summaries' seed-averaged per-user NDCG@10
-    (on ``users`` only, when given)."""
-    return paired_values(a.get(f"per_user_{protocol}"), b.get(f"per_user_{protocol}"), users)
+    (on ``users`` only, when given), its verdict under the seed rule (:func:`recbole_mm.bench.stats.seed_rule`)."""
+    result = paired_values(a.get(f"per_user_{protocol}"), b.get(f"per_user_{protocol}"), users)
+    return stats.seed_rule(result, min(a["seeds_ok"], b["seeds_ok"]))
 
 
 def paired_values(left: Optional[dict], right: Optional[dict], users=None) -> Optional[dict]:
@@ -243,7 +244,7 @@ def cold_table(summaries, cold_max_count, protocol: str = "full", cold_users=Non
                  _fmt(s, "cold_ndcg@10"), _fmt(s, "recall@10"), _fmt(s, "ndcg@10")]
         for reference in references:
             result = None if s is reference else paired(s, reference, protocol, cold_users)
-            cells.append("reference" if s is reference else ("-" if result is None else f"{_ci_text(result)} {result['verdict']}"))
+            cells.append("reference" if s is reference else ("-" if result is None else f"{_ci_text(result)} {stats.verdict_text(result)}"))
         rows.append(cells)
     intro = (
         f"Test users whose target item is the target of at most {cold_max_count} training sequences "
@@ -251,7 +252,7 @@ def cold_table(summaries, cold_max_count, protocol: str = "full", cold_users=Non
     )
     if references:
         intro += (" Δ: the paired per-user difference of cold NDCG@10 on those users (seed means first), bootstrap 95% CI; "
-                  "the verdict from the CI.")
+                  "the verdict from the CI and the seed rule (as in the headline).")
     return [intro, ""] + _table(header, rows) + best_cold_lines(summaries, protocol, cold_users)
 
 
@@ -262,7 +263,7 @@ def best_cold_lines(summaries, protocol: str, cold_users) -> List[str]:
         return []
     best = max(scored, key=lambda s: s["cold_ndcg@10_mean"])
     results = {s["model"]: paired(s, best, protocol, cold_users) for s in scored if s is not best}
-    ties = [model for model, result in results.items() if result and result["verdict"] == "tie"]
+    ties = [model for model, result in results.items() if result and result["ci_verdict"] == "tie"]
     return ["", f"Best cold NDCG@10: {best['model']} {best['cold_ndcg@10_mean']:.4f}; within its CI (tie): "
                 f"{', '.join(ties) if ties else 'none'}."]
 
@@ -325,12 +326,12 @@ def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_
             scores = [value for user, value in values.items() if user in users]
             result = None if s is ref else paired(s, ref, protocol, users)
             cells.append(f"{sum(scores) / len(scores):.4f}" if scores else "-")
-            cells.append("reference" if s is ref else ("-" if result is None else f"{_ci_text(result)} {result['verdict']}"))
+            cells.append("reference" if s is ref else ("-" if result is None else f"{_ci_text(result)} {stats.verdict_text(result)}"))
         rows.append(cells)
     intro = (
         f"Test users grouped by the length of the input history the models read (at most {max_len} items; "
         f"{window} is MUFASA's default window), NDCG@10 ({PROTOCOL_NAMES[protocol]}, seed means) and the paired "
-        f"per-user Δ against {reference} on each group's users, bootstrap 95% CI. Groups are subsets chosen by a "
+        f"per-user Δ against {reference} on each group's users, bootstrap 95% CI (verdicts under the headline's seed rule). Groups are subsets chosen by a "
         "property of the data, the same for every model; read each CI on its own (with several groups, one can "
         "exclude 0 by chance)."
     )
@@ -399,7 +400,8 @@ def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[
             delta, p_value, verdict = "reference", "-", "-"
         elif s.get(prefix + "verdict"):
             delta = _ci_text({field: s[prefix + field] for field in ("diff", "ci_low", "ci_high")})
-            p_value, verdict = _p_text(s[prefix + "wilcoxon_p"]), s[prefix + "verdict"]
+            p_value = _p_text(s[prefix + "wilcoxon_p"])
+            verdict = stats.verdict_text({field: s[prefix + field] for field in ("verdict", "ci_verdict", "seeds")})
         else:
             delta, p_value, verdict = "-", "-", "-" if s["seeds_ok"] else _status_text(s, 80)
         rows.append([s["model"], _features_mark(s), point_text(s.get("point")), f"{s['seeds_ok']}/{s['seeds_run']}",
@@ -407,8 +409,9 @@ def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[
     intro = (
         f"Test NDCG@10 ({PROTOCOL_NAMES[protocol]}), mean ± std over seeds. Δ: mean over test users of the model's "
         f"NDCG@10 minus {reference}'s (each averaged over seeds first), with its paired bootstrap 95% CI "
-        f"({stats.BOOTSTRAP_SAMPLES} resamples of users). Verdict from the CI only: better / worse when it excludes 0, "
-        "else tie."
+        f"({stats.BOOTSTRAP_SAMPLES} resamples of users). Verdict: better / worse when the CI excludes 0 and both "
+        f"sides have at least {stats.MIN_CLAIM_SEEDS} seeds, else tie (\"tie (2 seeds)\": the CI excludes 0, but a side "
+        "has too few seeds for a claim)."
     )
     return [intro, ""] + _table(header, rows)
 
@@ -551,6 +554,7 @@ def features_verdict(summaries, protocol: str = "full", cold_users=None) -> List
     result = paired(best[True], best[False], protocol)
     verdict = "no per-user values" if result is None else (
         {"better": "feature model better", "worse": "ID-only model better", "tie": "tie"}[result["verdict"]]
+        + ("" if result["verdict"] == result["ci_verdict"] else f" ({stats.seeds_text(result['seeds'])}: too few for a claim)")
         + f" (Δ {_ci_text(result)})")
     lines = [
         f"- NDCG@10 ({PROTOCOL_NAMES[protocol]}): best with features {best[True]['model']} {best[True][f'{key}_mean']:.4f} "
@@ -564,7 +568,7 @@ def features_verdict(summaries, protocol: str = "full", cold_users=None) -> List
         lines.append(
             f"- cold-user NDCG@10 ({'paired on the cold users' if result else 'seed means, no CI'}): best with features "
             f"{groups[True]['model']} {groups[True]['cold_ndcg@10_mean']:.4f} vs best ID-only {groups[False]['model']} "
-            f"{groups[False]['cold_ndcg@10_mean']:.4f}" + (f": {result['verdict']} (Δ {_ci_text(result)})." if result else ".")
+            f"{groups[False]['cold_ndcg@10_mean']:.4f}" + (f": {stats.verdict_text(result)} (Δ {_ci_text(result)})." if result else ".")
         )
     return lines
 

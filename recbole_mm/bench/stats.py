@@ -69,6 +69,34 @@ def verdict(low: float, high: float) -> str:
     return "tie"
 
 
+# a better / worse claim needs this many seeds of each side (the benchmark's protocol); with fewer, a CI
+# that excludes 0 is reported as a tie
+MIN_CLAIM_SEEDS = 3
+
+
+def seed_rule(result: Optional[dict], seeds: int) -> Optional[dict]:
+    """``result`` (of :func:`compare_paired`) read under the seed rule: ``verdict`` becomes ``tie`` when the
+    side with fewer seeds has fewer than :data:`MIN_CLAIM_SEEDS`; ``ci_verdict`` keeps the CI's own reading
+    and ``seeds`` that smaller count. The CI does not see how far seeds spread, so two seeds cannot carry a claim."""
+    if result is None:
+        return None
+    ruled = dict(result, ci_verdict=result["verdict"], seeds=seeds)
+    if seeds < MIN_CLAIM_SEEDS:
+        ruled["verdict"] = "tie"
+    return ruled
+
+
+def seeds_text(count: int) -> str:
+    return f"{count} seed{'' if count == 1 else 's'}"
+
+
+def verdict_text(result: dict) -> str:
+    """The verdict for a table cell: ``tie (2 seeds)`` where the CI excludes 0 but the seed rule makes it a tie."""
+    if result.get("ci_verdict", result["verdict"]) != result["verdict"]:
+        return f"{result['verdict']} ({seeds_text(result['seeds'])})"
+    return result["verdict"]
+
+
 def compare_paired(a, b, samples: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
     """Model ``a`` against model ``b`` on paired per-user values (arrays of equal length).
 

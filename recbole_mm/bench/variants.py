@@ -160,12 +160,12 @@ def step_ratio_text(summary: dict, reference: dict) -> str:
 
 def compare_with(summary: dict, reference: dict, users=None):
     """Paired comparison of two variants' seed-averaged per-user NDCG@10 (on ``users`` only, when
-    given), or None."""
+    given), its verdict under the seed rule (:func:`recbole_mm.bench.stats.seed_rule`), or None."""
     if not summary.get("per_user") or not reference.get("per_user"):
         return None
     mine = summary["per_user"] if users is None else {user: value for user, value in summary["per_user"].items() if user in users}
     a, b = stats.paired_arrays(mine, reference["per_user"])
-    return stats.compare_paired(a, b) if len(a) else None
+    return stats.seed_rule(stats.compare_paired(a, b), min(summary["seeds_ok"], reference["seeds_ok"])) if len(a) else None
 
 
 def _change_text(suite, name: str, args, limit: int = 80) -> str:
@@ -189,7 +189,7 @@ def _cold_cells(name: str, summary: dict, reference_name: str, reference: dict, 
     if name == reference_name:
         return [f"{summary['cold_ndcg_mean']:.4f}", "reference"]
     result = compare_with(summary, reference, users=cold_users)
-    return [f"{summary['cold_ndcg_mean']:.4f}", f"{_difference_text(result)} {result['verdict']}" if result else "-"]
+    return [f"{summary['cold_ndcg_mean']:.4f}", f"{_difference_text(result)} {stats.verdict_text(result)}" if result else "-"]
 
 
 def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, seeds: Sequence[int], args=None) -> str:
@@ -212,7 +212,7 @@ def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, see
             cells += ["reference", "-", "-"]
         elif result is not None:
             p_value = "-" if result["wilcoxon_p"] is None else f"{result['wilcoxon_p']:.2g}"
-            cells += [_difference_text(result), p_value, result["verdict"]]
+            cells += [_difference_text(result), p_value, stats.verdict_text(result)]
         else:
             cells += ["-", "-", "-"]
         cells.append(f"{summary['ms_per_step']:.1f}")
@@ -225,7 +225,9 @@ def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, see
                  "(the regime report's cold users), with the paired difference on those users." if cold_users else "")
     lines += ["", f"Regime `{regime}`, seeds {', '.join(map(str, seeds))}, each model at its tuned point; NDCG@10 under "
               f"{'history-excluded' if protocol == 'excl' else 'RecBole'} ranking. Δ: per-user NDCG@10 minus {reference}'s "
-              "(each averaged over seeds first), paired bootstrap 95% CI over test users; the verdict comes from the CI. "
+              "(each averaged over seeds first), paired bootstrap 95% CI over test users; the verdict comes from the CI, "
+              f"and a better / worse needs {stats.MIN_CLAIM_SEEDS} seeds of both rows (\"tie (2 seeds)\": the CI excludes 0 "
+              "with fewer). "
               "Step times are means of whole runs that may have shared the CPU; a ratio needs both variants' runs "
               "on one machine (\"other machine\" otherwise)." + cold_note]
     return "\n".join(lines) + "\n"
