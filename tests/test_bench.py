@@ -590,6 +590,24 @@ def test_report_checks_each_verdict_seed_by_seed(tmp_path):
     assert "Verdicts against SASRec seed by seed" in markdown
 
 
+def test_report_lists_each_run_seed_by_seed(tmp_path):
+    from recbole_mm.bench import report
+
+    rows = [_fake_run("SASRec", 1, 0.20), _fake_run("SASRec", 2, 0.05), _fake_run("MUFASA", 1, 0.30),
+            _fake_run("MUFASA", 2, 0.0, status="failed", error="OOM"), pipeline.new_row("MUFASA", "toy", 3)]
+    rows[1].update(best_valid=0.0612, best_epoch=9, epochs=13)
+    rows[-1].update(status="missing", in_flight={"epochs": 4, "best_valid": 0.1, "best_epoch": 4, "train_s_per_epoch": 9.0})
+    lines = report.seed_table(rows, ["SASRec", "MUFASA"], "excl")
+    header, table = _table_rows("\n".join(lines), "Model | seed 1")
+    assert header == ["Model", "seed 1", "seed 2", "seed 3"]
+    assert table[0] == ["SASRec", "0.2000", "0.0500 (valid 0.0612, epoch 9 of 13)", "-"]
+    assert table[1] == ["MUFASA", "0.3000", "failed", "in flight (4 epochs)"]
+    assert report.seed_table(rows[:1], ["SASRec"], "excl") == []  # one seed: nothing to list
+    paths = report.write_report(str(tmp_path / "toy"), rows[:-1], ["SASRec", "MUFASA"], _settings())
+    markdown = open(paths["markdown"], encoding="utf-8").read()
+    assert "## Per seed" in markdown
+
+
 def test_features_verdict_comes_from_the_paired_ci():
     from recbole_mm.bench.report import features_verdict, summarize
 

@@ -10,7 +10,8 @@ tuning grid, speed ratios, plots; markdown and CSV.
   seed by seed (recomputed with either side cut to one of its seeds: the CI resamples users with the
   seeds fixed and does not see how far seeds spread), the same under the other protocol,
   the share of test targets that repeat the input history, the full quality table (Recall / NDCG
-  @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), cold items, history items,
+  @10 @20, MRR@10, params, train s/epoch, inference ms/user, peak RSS), each run seed by seed (test
+  NDCG@10, best validation NDCG@10 and its epoch), cold items, history items,
   NDCG@10 by input history length (when ``settings["history_lengths"]`` gives each test user's),
   features vs ID-only, speed ratios, the tuning grid, MUFASA's attention scaling results file
   when present, settings;
@@ -486,6 +487,34 @@ def provisional_lines(tuning: Optional[Dict[str, dict]]) -> List[str]:
     return lines + [""] if lines else []
 
 
+def seed_table(rows, models: Sequence[str], protocol: str) -> List[str]:
+    """Each model's runs seed by seed: test NDCG@10 under ``protocol``, the best validation NDCG@10 and
+    the epoch it came at (of the epochs trained), so a seed that learned slowly shows by name."""
+    seeds = sorted({row["seed"] for row in rows if row.get("model") in models})
+    if len(seeds) < 2:
+        return []
+    by_run = {(row["model"], row["seed"]): row for row in rows}
+    body = []
+    for model in models:
+        cells = [model]
+        for seed in seeds:
+            row = by_run.get((model, seed))
+            if row is None:
+                cells.append("-")
+            elif row.get("status") == "ok":
+                best = ("" if row.get("best_valid") is None else
+                        f" (valid {row['best_valid']:.4f}, epoch {row.get('best_epoch', '?')} of {row.get('epochs', '?')})")
+                cells.append(f"{row[f'{protocol}_ndcg@10']:.4f}{best}")
+            elif row.get("in_flight"):
+                cells.append(f"in flight ({row['in_flight']['epochs']} epochs)")
+            else:
+                cells.append(NOT_RUN if row.get("status") == "missing" else row.get("status") or "-")
+        body.append(cells)
+    return (["## Per seed", "", f"Test NDCG@10 ({PROTOCOL_NAMES[protocol]}) of each run, with its best validation "
+             "NDCG@10 and the epoch it came at (early stopping picks that epoch's model)."]
+            + [""] + _table(["Model"] + [f"seed {seed}" for seed in seeds], body) + [""])
+
+
 def in_flight_table(rows) -> List[str]:
     """Runs not finished yet whose resumable state the cache holds: how far each got."""
     flying = [row for row in rows if row.get("status") == "missing" and row.get("in_flight")]
@@ -651,6 +680,7 @@ def markdown_report(summaries, rows, settings, title=None, notes=(), extras=(), 
                   "The same trained models (early stopping under the headline protocol), ranked the other way."]
         lines += [""] + headline_table(summaries, other) + [""]
     lines += ["## Quality (test set, headline protocol, RecBole's metrics, mean ± std over seeds)", ""] + quality_table(summaries) + [""]
+    lines += seed_table(rows, [s["model"] for s in summaries], headline)
     lines += in_flight_table(rows)
     cold_users = cold_user_set(rows, settings["cold_max_count"])
     if any(s.get("cold_users_mean") for s in summaries):
