@@ -211,7 +211,7 @@ def _features_mark(summary):
     return {True: "yes", False: "no"}.get(summary["uses_features"], "?")
 
 
-def _table(header, rows) -> List[str]:
+def markdown_table(header, rows) -> List[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
     return lines
@@ -228,7 +228,7 @@ def quality_table(summaries) -> List[str]:
             + [params, _fmt(s, "train_s_per_epoch", 1), _fmt(s, "infer_ms_per_user", 3), _fmt(s, "peak_rss_mb", 0),
                _fmt(s, "epochs", 1, with_std=False), f"{s['seeds_ok']}/{s['seeds_run']}", _status_text(s)]
         )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def cold_table(summaries, cold_max_count, protocol: str = "full", cold_users=None) -> List[str]:
@@ -245,7 +245,7 @@ def cold_table(summaries, cold_max_count, protocol: str = "full", cold_users=Non
                  _fmt(s, "cold_ndcg@10"), _fmt(s, "recall@10"), _fmt(s, "ndcg@10")]
         for reference in references:
             result = None if s is reference else paired(s, reference, protocol, cold_users)
-            cells.append("reference" if s is reference else ("-" if result is None else f"{_ci_text(result)} {stats.verdict_text(result)}"))
+            cells.append("reference" if s is reference else ("-" if result is None else f"{ci_text(result)} {stats.verdict_text(result)}"))
         rows.append(cells)
     intro = (
         f"Test users whose target item is the target of at most {cold_max_count} training sequences "
@@ -254,7 +254,7 @@ def cold_table(summaries, cold_max_count, protocol: str = "full", cold_users=Non
     if references:
         intro += (" Δ: the paired per-user difference of cold NDCG@10 on those users (seed means first), bootstrap 95% CI; "
                   "the verdict from the CI and the seed rule (as in the headline).")
-    return [intro, ""] + _table(header, rows) + best_cold_lines(summaries, protocol, cold_users)
+    return [intro, ""] + markdown_table(header, rows) + best_cold_lines(summaries, protocol, cold_users)
 
 
 def best_cold_lines(summaries, protocol: str, cold_users) -> List[str]:
@@ -284,7 +284,7 @@ def history_table(summaries) -> List[str]:
         "out: the input items are not candidates, so a target that repeats one is a miss). Repeat share: test "
         "targets that are an item of the input history (a property of the data)."
     )
-    return [intro, ""] + _table(header, rows)
+    return [intro, ""] + markdown_table(header, rows)
 
 
 def mufasa_window() -> int:
@@ -327,7 +327,7 @@ def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_
             scores = [value for user, value in values.items() if user in users]
             result = None if s is ref else paired(s, ref, protocol, users)
             cells.append(f"{sum(scores) / len(scores):.4f}" if scores else "-")
-            cells.append("reference" if s is ref else ("-" if result is None else f"{_ci_text(result)} {stats.verdict_text(result)}"))
+            cells.append("reference" if s is ref else ("-" if result is None else f"{ci_text(result)} {stats.verdict_text(result)}"))
         rows.append(cells)
     intro = (
         f"Test users grouped by the length of the input history the models read (at most {max_len} items; "
@@ -336,7 +336,7 @@ def history_length_table(summaries, protocol: str, lengths: Dict[str, int], max_
         "property of the data, the same for every model; read each CI on its own (with several groups, one can "
         "exclude 0 by chance)."
     )
-    return [intro, ""] + _table(header, rows)
+    return [intro, ""] + markdown_table(header, rows)
 
 
 def history_length_section(summaries, protocol: str, settings) -> List[str]:
@@ -371,10 +371,10 @@ def speed_table(summaries, reference=SPEED_REFERENCE) -> List[str]:
         "left out (-) where the runs of the two models ran on other machines, and timings are only comparable "
         "between runs made under the same machine load (on a shared machine, pin `--threads`)."
     )
-    return [intro, ""] + _table(header, rows)
+    return [intro, ""] + markdown_table(header, rows)
 
 
-def _ci_text(result: dict) -> str:
+def ci_text(result: dict) -> str:
     return f"{result['diff']:+.4f} [{result['ci_low']:+.4f}, {result['ci_high']:+.4f}]"
 
 
@@ -400,7 +400,7 @@ def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[
         if s["model"] == reference:
             delta, p_value, verdict = "reference", "-", "-"
         elif s.get(prefix + "verdict"):
-            delta = _ci_text({field: s[prefix + field] for field in ("diff", "ci_low", "ci_high")})
+            delta = ci_text({field: s[prefix + field] for field in ("diff", "ci_low", "ci_high")})
             p_value = _p_text(s[prefix + "wilcoxon_p"])
             verdict = stats.verdict_text({field: s[prefix + field] for field in ("verdict", "ci_verdict", "seeds")})
         else:
@@ -414,7 +414,7 @@ def headline_table(summaries, protocol: str, reference=SPEED_REFERENCE) -> List[
         f"sides have at least {stats.MIN_CLAIM_SEEDS} seeds, else tie (\"tie (2 seeds)\": the CI excludes 0, but a side "
         "has too few seeds for a claim)."
     )
-    return [intro, ""] + _table(header, rows)
+    return [intro, ""] + markdown_table(header, rows)
 
 
 def _single_seed_checks(summary: dict, reference: dict, protocol: str) -> List[tuple]:
@@ -452,7 +452,7 @@ def seed_check_lines(summaries, protocol: str, reference=SPEED_REFERENCE) -> Lis
         disagree = [(label, result) for label, result in checks if result["verdict"] != verdict]
         if disagree:
             lines.append(f"{head}, but not seed by seed: " + "; ".join(
-                f"{label} {_ci_text(result)} ({result['verdict']})" for label, result in disagree) + ".")
+                f"{label} {ci_text(result)} ({result['verdict']})" for label, result in disagree) + ".")
         else:
             lines.append(f"{head}, and {verdict} with either side cut to any one of its seeds ({len(checks)} checks).")
     if not lines:
@@ -512,7 +512,7 @@ def seed_table(rows, models: Sequence[str], protocol: str) -> List[str]:
         body.append(cells)
     return (["## Per seed", "", f"Test NDCG@10 ({PROTOCOL_NAMES[protocol]}) of each run, with its best validation "
              "NDCG@10 and the epoch it came at (early stopping picks that epoch's model)."]
-            + [""] + _table(["Model"] + [f"seed {seed}" for seed in seeds], body) + [""])
+            + [""] + markdown_table(["Model"] + [f"seed {seed}" for seed in seeds], body) + [""])
 
 
 def in_flight_table(rows) -> List[str]:
@@ -528,7 +528,7 @@ def in_flight_table(rows) -> List[str]:
         body.append([row["model"], row["seed"], progress["epochs"], best, f"{progress['train_s_per_epoch']:.0f}"])
     return ["## Runs in flight", "",
             "Validation figures of unfinished runs, not test results: the same command without `--report-only` "
-            "continues each from its last finished epoch.", ""] + _table(header, body) + [""]
+            "continues each from its last finished epoch.", ""] + markdown_table(header, body) + [""]
 
 
 def point_text(point) -> str:
@@ -567,7 +567,7 @@ def tuning_table(tuning: Dict[str, dict]) -> List[str]:
         "(dropout sets each model's own dropout keys; models without a known mapping get the learning rate only). "
         "The best validation point (first on ties) is the one every regime runs."
     )
-    return [intro, ""] + _table(header, rows)
+    return [intro, ""] + markdown_table(header, rows)
 
 
 def features_verdict(summaries, protocol: str = "full", cold_users=None) -> List[str]:
@@ -584,7 +584,7 @@ def features_verdict(summaries, protocol: str = "full", cold_users=None) -> List
     verdict = "no per-user values" if result is None else (
         {"better": "feature model better", "worse": "ID-only model better", "tie": "tie"}[result["verdict"]]
         + ("" if result["verdict"] == result["ci_verdict"] else f" ({stats.seeds_text(result['seeds'])}: too few for a claim)")
-        + f" (Δ {_ci_text(result)})")
+        + f" (Δ {ci_text(result)})")
     lines = [
         f"- NDCG@10 ({PROTOCOL_NAMES[protocol]}): best with features {best[True]['model']} {best[True][f'{key}_mean']:.4f} "
         f"vs best ID-only {best[False]['model']} {best[False][f'{key}_mean']:.4f}: {verdict}."
@@ -597,7 +597,7 @@ def features_verdict(summaries, protocol: str = "full", cold_users=None) -> List
         lines.append(
             f"- cold-user NDCG@10 ({'paired on the cold users' if result else 'seed means, no CI'}): best with features "
             f"{groups[True]['model']} {groups[True]['cold_ndcg@10_mean']:.4f} vs best ID-only {groups[False]['model']} "
-            f"{groups[False]['cold_ndcg@10_mean']:.4f}" + (f": {stats.verdict_text(result)} (Δ {_ci_text(result)})." if result else ".")
+            f"{groups[False]['cold_ndcg@10_mean']:.4f}" + (f": {stats.verdict_text(result)} (Δ {ci_text(result)})." if result else ".")
         )
     return lines
 
