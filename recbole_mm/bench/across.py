@@ -74,7 +74,8 @@ def compare(regimes: Sequence[str], out: str, models: Sequence[str]) -> str:
         raise SystemExit("--regimes must share a headline ranking (history left out or not)")
     dataset, protocol = datasets.pop(), protocols.pop()
     shorter = min(profile.max_len for profile in profiles)
-    lengths = benchmark.input_history_lengths(benchmark.dataset_folder(dataset, None, {}), dataset, "user_id",
+    user_field = benchmark.dataset_setting(dataset, {}, "USER_ID_FIELD") or "user_id"  # as the regime reports read it
+    lengths = benchmark.input_history_lengths(benchmark.dataset_folder(dataset, None, {}), dataset, user_field,
                                               max(profile.max_len for profile in profiles))
     if not lengths:
         raise SystemExit(f"no user histories found for {dataset}")
