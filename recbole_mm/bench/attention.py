@@ -9,6 +9,8 @@ Compares, at each sequence length and in one run:
   (``SparseAttentionAlignment(attention="dense")`` without a padding mask).
 * ``sal``: ``SparseAttentionAlignment`` with all three branches, full-length sequences passed with a
   ``key_padding_mask`` (the path MUFASA uses).
+* ``flex``: the same layer with its window and block branches as ``flex_attention`` kernels
+  (``FlexSparseAttention``; CUDA only, ``--impls sdpa,sal,flex``).
 
 All dropouts are 0 and modules are in train mode; time = median (``--stat min``: minimum) of ``--repeats`` fwd+bwd steps after one
 warm-up step. Beside each SAL/SDPA ratio stands the pattern's FLOP floor: the FLOPs SAL's sparse pattern
@@ -38,7 +40,9 @@ import sys
 import tempfile
 import time
 
-IMPLS = ("recbole", "sdpa", "sal")
+IMPLS = ("recbole", "sdpa", "sal", "flex")
+SPARSE = {"sal": "SAL", "flex": "SAL-flex"}  # the implementations of SAL's pattern (with their labels), compared with the dense ones
+DEFAULT_IMPLS = "recbole,sdpa,sal"  # flex needs CUDA
 STATS = {"median": statistics.median, "min": min}  # --stat: summary of a configuration's repeated timings
 TARGETS = {  # (baseline, length): (max time ratio, max memory ratio) that SAL aims for
     ("recbole", 1024): (0.1, 0.2),
@@ -62,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (timed with synchronisation; "
                                                         "MB = peak extra allocated GPU memory)")
-    parser.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
+    parser.add_argument("--impls", default=DEFAULT_IMPLS, help=f"subset of {','.join(IMPLS)}")
     parser.add_argument("--out", help="also write the report to <out>/attention.md (where python -m recbole_mm.bench "
                                           "looks for it: results/attention/)")
     parser.add_argument("--interleave", action="store_true", help="time every implementation in this one process, "
@@ -115,6 +119,16 @@ def build_step(impl, length, args):
 
     elif impl == "sal":
         module = SparseAttentionAlignment(args.hidden, args.heads, args.window, args.block, args.top, attn_dropout=args.dropout)
+
+        def forward():
+            return module(x, item_seq != 0)
+
+    elif impl == "flex":
+        from recbole_mm.model.layers.flex_sparse_attention import FlexSparseAttention
+
+        if not is_cuda(args.device):
+            raise ValueError("flex runs on CUDA only: flex_attention has no backward on the CPU")
+        module = FlexSparseAttention(args.hidden, args.heads, args.window, args.block, args.top, attn_dropout=args.dropout)
 
         def forward():
             return module(x, item_seq != 0)
@@ -361,30 +375,29 @@ def fmt(result, key, spec):
 
 
 def table(results, lengths, impls, args):
-    """Markdown table: ms and peak MB per implementation, SAL/recbole and SAL/sdpa ratios."""
+    """Markdown table: ms and peak MB per implementation, each SAL implementation's ratios to the dense ones."""
     memory = any("peak_mb" in result for result in results.values())
     header = ["L"] + [f"{i} ms" for i in impls] + ([f"{i} MB" for i in impls] if memory else [])
-    comparisons = [b for b in ("recbole", "sdpa") if b in impls and "sal" in impls]
-    header += [f"SAL/{b} time" for b in comparisons] + ([f"SAL/{b} mem" for b in comparisons] if memory else [])
-    header += ["floor", "core floor"] + (["SAL/sdpa time / floor"] if "sdpa" in comparisons else [])
+    pairs = [(s, b) for s in SPARSE if s in impls for b in ("recbole", "sdpa") if b in impls]
+    header += [f"{SPARSE[s]}/{b} time" for s, b in pairs] + ([f"{SPARSE[s]}/{b} mem" for s, b in pairs] if memory else [])
+    floored = [s for s, b in pairs if b == "sdpa"]
+    header += ["floor", "core floor"] + [f"{SPARSE[s]}/sdpa time / floor" for s in floored]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for length in lengths:
         got = {i: results[(i, length)] for i in impls}
         cells = [str(length)] + [fmt(got[i], "ms", ".1f") for i in impls] + ([fmt(got[i], "peak_mb", ".1f") for i in impls] if memory else [])
-        sal = got.get("sal", {})
-        cells += [f"{ratio(sal.get('ms'), got[b].get('ms')):.3f}" for b in comparisons]
-        cells += [f"{ratio(sal.get('peak_mb'), got[b].get('peak_mb')):.3f}" for b in comparisons] if memory else []
+        cells += [f"{ratio(got[s].get('ms'), got[b].get('ms')):.3f}" for s, b in pairs]
+        cells += [f"{ratio(got[s].get('peak_mb'), got[b].get('peak_mb')):.3f}" for s, b in pairs] if memory else []
         core, total = flop_floor(length, args.hidden, args.heads, args.window, args.block, args.top)
         cells += [f"{total:.3f}", f"{core:.3f}"]
-        if "sdpa" in comparisons:
-            cells.append(f"{ratio(sal.get('ms'), got['sdpa'].get('ms')) / total:.2f}")
+        cells += [f"{ratio(got[s].get('ms'), got['sdpa'].get('ms')) / total:.2f}" for s in floored]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
-def crossover(results, lengths, baseline):
-    """Smallest measured length from which SAL stays faster than ``baseline`` (None if never)."""
-    faster = [ratio(results[("sal", n)].get("ms"), results[(baseline, n)].get("ms")) < 1 for n in lengths]
+def crossover(results, lengths, baseline, sparse="sal"):
+    """Smallest measured length from which ``sparse`` stays faster than ``baseline`` (None if never)."""
+    faster = [ratio(results[(sparse, n)].get("ms"), results[(baseline, n)].get("ms")) < 1 for n in lengths]
     for index in range(len(lengths)):
         if all(faster[index:]):
             return lengths[index]
@@ -397,12 +410,14 @@ FLOOR_TARGET = (1.2, (2048, 4096))  # SAL/sdpa time at most this multiple of the
 def targets(results, args=None):
     lines = []
     factor, floor_lengths = FLOOR_TARGET
-    for length in floor_lengths:
-        if args is None or ("sal", length) not in results or ("sdpa", length) not in results:
-            continue
-        _, floor = flop_floor(length, args.hidden, args.heads, args.window, args.block, args.top)
-        got = ratio(results[("sal", length)].get("ms"), results[("sdpa", length)].get("ms")) / floor
-        lines.append(f"- SAL/sdpa time at L={length}: {got:.2f}x its FLOP floor (target <= {factor}x) {'ok' if got <= factor else 'MISSED'}")
+    for sparse in SPARSE:
+        for length in floor_lengths:
+            if args is None or (sparse, length) not in results or ("sdpa", length) not in results:
+                continue
+            _, floor = flop_floor(length, args.hidden, args.heads, args.window, args.block, args.top)
+            got = ratio(results[(sparse, length)].get("ms"), results[("sdpa", length)].get("ms")) / floor
+            lines.append(f"- {SPARSE[sparse]}/sdpa time at L={length}: {got:.2f}x its FLOP floor (target <= {factor}x) "
+                         f"{'ok' if got <= factor else 'MISSED'}")
     for (baseline, length), (max_time, max_mem) in TARGETS.items():
         if ("sal", length) not in results or (baseline, length) not in results:
             continue
@@ -458,9 +473,10 @@ def scaling_report(results, lengths, impls, args) -> str:
     parts = [f"fwd+bwd, batch {args.batch}, hidden {args.hidden}, {args.heads} heads, window {args.window}, "
              f"block {args.block}, top {args.top}, attention dropout {args.dropout}, device {args.device}, {threads} CPU threads, "
              f"{args.stat} of {args.repeats}; {how}", table(results, lengths, impls, args)]
-    for baseline in ("recbole", "sdpa"):
-        if baseline in impls and "sal" in impls:
-            parts.append(f"SAL faster than {baseline} from L = {crossover(results, lengths, baseline)} (of {lengths})")
+    for sparse in SPARSE:
+        for baseline in ("recbole", "sdpa"):
+            if baseline in impls and sparse in impls:
+                parts.append(f"{SPARSE[sparse]} faster than {baseline} from L = {crossover(results, lengths, baseline, sparse)} (of {lengths})")
     parts.append(targets(results, args))
     return "\n\n".join(parts)
 

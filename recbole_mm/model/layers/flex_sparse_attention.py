@@ -1,0 +1,274 @@
+"""SAL with its window and compressed-block branches as block-sparse ``flex_attention`` kernels.
+
+:class:`FlexSparseAttention` is :class:`~recbole_mm.model.layers.sparse_attention.SparseAttentionAlignment`
+(same parameters, same state dict, same outputs and gradients) where the two branches whose pattern is
+a fixed band run through ``torch.nn.attention.flex_attention`` over whole rows, each with one
+:class:`~torch.nn.attention.flex_attention.BlockMask`, instead of many small SDPA calls on copied span
+pairs and ``[B, L, L/l]`` additive masks:
+
+* window: query ``t`` sees real keys in ``(t - w, t]``;
+* block: query ``t`` sees the compressed keys of the blocks that end at or before ``t`` and hold a real item.
+
+The BlockMask lists, per tile of :data:`FLEX_TILE` queries, the key tiles that can hold a visible
+pair (built from block-level arithmetic, never from an ``[L, L]`` tensor); inside them a ``mask_mod``
+decides each pair. Rows that see nothing come out as 0, which is what the reference's gates give them.
+DropKey draws the reference's random numbers in the reference's order and shapes (one draw per query
+block of ``l`` and key), so with a seeded generator both paths drop the same keys. The selected-block
+branch stays the reference's (gathered blocks, one SDPA call): its straight-through value gate scales
+values per (query block, selected block) pair, which a ``score_mod`` cannot express with the same
+gradient.
+
+``flex_attention`` has a backward on CUDA only (torch 2.13 raises ``NotImplementedError`` on the CPU);
+on the CPU the flex path runs forward only (eager), which the tests use to check it. It is a layer of
+its own, which MUFASA does not use, because it does not pay at MUFASA's sizes: on an H200 (fp32, batch
+32, 2 heads of 32) one SAL layer's fwd+bwd took 1.4-2.2x the reference's time from L = 128 to 4096, and
+with the whole layer under ``torch.compile`` 0.84x at L = 1024 but 2.2x at L = 4096; there the window
+kernel alone (w = 32) took 7 ms against 13 ms for fp32 causal SDPA over the whole row. fp32 on CUDA
+cores is most of it (the same window kernel in bf16: 1.8 ms; with 64-item tiles 4.8 ms fp32, 1.4 ms bf16).
+When ``L <= w`` the reference path runs (the window is then one causal SDPA call already).
+"""
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from recbole_mm.model.layers.sparse_attention import (
+    BLOCK_CHUNKS, CHUNK_BLOCKS, BlockLayout, SparseAttentionAlignment, SparsePlan, candidate_block_mask, window_band_mask,
+)
+
+try:  # torch >= 2.5
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+except ImportError:  # pragma: no cover - older torch: the reference path only
+    BlockMask = flex_attention = None
+
+FLEX_TILE = 128  # queries / keys per BlockMask tile (flex_attention's default sparse block size)
+_COMPILED = {}  # branch -> compiled flex_attention (one per branch: each recompiles for new shapes and masks)
+
+
+def flex_available() -> bool:
+    """True when this torch has ``torch.nn.attention.flex_attention``."""
+    return flex_attention is not None
+
+
+def _flex(branch: str, q, k, v, block_mask):
+    """``flex_attention`` compiled on CUDA (the fused kernel), eager elsewhere (a forward-only reference)."""
+    if not q.is_cuda and torch.is_grad_enabled() and q.requires_grad:
+        raise RuntimeError("FlexSparseAttention trains on CUDA only: flex_attention has no backward on the CPU "
+                           "(use SparseAttentionAlignment, or use_flex=False)")
+    if q.is_cuda:
+        if branch not in _COMPILED:
+            _COMPILED[branch] = torch.compile(flex_attention)
+        return _COMPILED[branch](q, k, v, block_mask=block_mask)
+    return flex_attention(q, k, v, block_mask=block_mask)
+
+
+def _tiles(n: int) -> int:
+    return -(-n // FLEX_TILE)
+
+
+def tile_block_mask(visible_tiles: torch.Tensor, mask_mod, q_len: int, kv_len: int):
+    """A BlockMask from tile-level visibility ``[B, nQT, nKT]`` (True = the tile pair may hold a visible
+    pair); every listed tile is partial, so ``mask_mod`` decides each pair."""
+    counts = visible_tiles.sum(-1, dtype=torch.int32)  # [B, nQT]
+    order = visible_tiles.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)  # visible first
+    return BlockMask.from_kv_blocks(counts[:, None], order[:, None], BLOCK_SIZE=FLEX_TILE, mask_mod=mask_mod,
+                                    seq_lengths=(q_len, kv_len))
+
+
+def _tile_any(flags: torch.Tensor, n_tiles: int) -> torch.Tensor:
+    """``[B, n] -> [B, n_tiles]``: the tile holds a True (``n`` padded with False to whole tiles)."""
+    return F.pad(flags, (0, n_tiles * FLEX_TILE - flags.shape[1])).view(flags.shape[0], n_tiles, FLEX_TILE).any(-1)
+
+
+class FlexPlan:
+    """A batch's layout, padding and BlockMasks for :class:`FlexSparseAttention` (shared by an encoder's layers).
+
+    Carries what the reference branches read from a :class:`SparsePlan` (``layout``, ``real``, ``valid``,
+    ``candidates``, ``any_candidate``, :meth:`own_block_mask`) plus ``window_seen`` / ``block_seen`` as
+    ones: flex rows that see nothing are already 0. ``flex_len`` is the rows' length rounded up to whole
+    tiles; ``n_keys`` the compressed keys' length, likewise.
+    """
+
+    def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
+        batch, length = real.shape
+        device = real.device
+        self.layout = layout = BlockLayout(batch, length, block_size, window)
+        nq, size = layout.n_blocks, layout.size
+        padded = torch.zeros(batch, layout.padded, dtype=torch.bool, device=device)
+        padded[:, :length] = real
+        self.real = padded.view(-1)  # [M]
+        self.valid = padded.view(batch, nq, size).any(-1)  # [B, nq]
+        reach = min(select_reach, layout.window) if window else 0
+        self.candidates = candidate_block_mask(nq, size, reach, device) & self.valid[:, None, :]
+        self.any_candidate = bool(self.candidates.any())
+        self.dtype, self._own_block = dtype, None
+        self.flex_len = _tiles(layout.padded) * FLEX_TILE
+        self.n_keys = _tiles(nq) * FLEX_TILE
+        self.real_rows = F.pad(padded, (0, self.flex_len - layout.padded))  # [B, flex_len]
+        self.valid_keys = F.pad(self.valid, (0, self.n_keys - nq))  # [B, n_keys]
+        ones = torch.ones(batch * layout.padded, 1, dtype=dtype, device=device)
+        self.window_seen = self.block_seen = ones
+        self.window = window
+        self._window_mask = self._block_mask = None
+
+    own_block_mask = SparsePlan.own_block_mask
+
+    # ----- window: keys in (t - w, t] --------------------------------------------------------------------
+
+    def window_visible_tiles(self) -> torch.Tensor:
+        """``[B, nT, nT]``: key tile ``j`` can hold a key in the window of a query of tile ``i``."""
+        n = _tiles(self.layout.padded)
+        i = torch.arange(n, device=self.real.device)[:, None]
+        j = torch.arange(n, device=self.real.device)[None, :]
+        near = (j * FLEX_TILE <= (i + 1) * FLEX_TILE - 1) & ((j + 1) * FLEX_TILE - 1 > i * FLEX_TILE - self.layout.window)
+        return near[None] & _tile_any(self.real_rows, n)[:, None, :]
+
+    def window_mask(self, keep: Optional[torch.Tensor] = None):
+        """The window's BlockMask; ``keep [B, nq, 2s]`` (DropKey, relative to each query's span pair) or None."""
+        if keep is None and self._window_mask is not None:
+            return self._window_mask
+        real, window, span, size = self.real_rows, self.layout.window, self.layout.span, self.layout.size
+
+        def visible(b, h, q, kv):
+            return (kv <= q) & (q - kv < window) & real[b, kv]
+
+        mask_mod = visible
+        if keep is not None:
+            lost = self._window_lost(keep)
+            last = keep.shape[-1] - 1
+
+            def mask_mod(b, h, q, kv):  # noqa: F811 - the dropped variant
+                relative = (kv - (q // span - 1) * span).clamp(0, last)
+                kept = keep[b, (q // size).clamp(max=keep.shape[1] - 1), relative] | lost[b, q]
+                return visible(b, h, q, kv) & kept
+
+        mask = tile_block_mask(self.window_visible_tiles(), mask_mod, self.flex_len, self.flex_len)
+        if keep is None:
+            self._window_mask = mask
+        return mask
+
+    def _window_lost(self, keep: torch.Tensor) -> torch.Tensor:
+        """``[B, flex_len]``: queries whose every visible window key was dropped."""
+        layout = self.layout
+        batch, span = layout.batch, layout.span
+        spans = self.real_rows[:, :layout.padded].view(batch, layout.n_spans, span)
+        key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
+        seen = key_ok[:, :, None, :] & window_band_mask(span, layout.window, key_ok.device)  # [B, n_spans, s, 2s]
+        kept = keep.view(batch, layout.n_spans, span // layout.size, 1, 2 * span)
+        seen = seen.view(batch, layout.n_spans, span // layout.size, layout.size, 2 * span)
+        lost = (seen.any(-1) & ~(seen & kept).any(-1)).view(batch, layout.padded)  # they keep every key (as in _sdpa)
+        return F.pad(lost, (0, self.flex_len - layout.padded))
+
+    # ----- block: compressed keys of complete blocks -------------------------------------------------------
+
+    def block_visible_tiles(self) -> torch.Tensor:
+        """``[B, nT, nKT]``: compressed-key tile ``j`` holds a block complete at the last query of tile ``i``."""
+        size = self.layout.size
+        i = torch.arange(_tiles(self.layout.padded), device=self.real.device)[:, None]
+        j = torch.arange(_tiles(self.layout.n_blocks), device=self.real.device)[None, :]
+        early = (j * FLEX_TILE + 1) * size - 1 <= (i + 1) * FLEX_TILE - 1
+        return early[None] & _tile_any(self.valid_keys, self.n_keys // FLEX_TILE)[:, None, :]
+
+    def block_mask(self, keep: Optional[torch.Tensor] = None):
+        """The block branch's BlockMask; ``keep [B, nq, nq]`` (DropKey per query block) or None."""
+        if keep is None and self._block_mask is not None:
+            return self._block_mask
+        valid, size = self.valid_keys, self.layout.size
+
+        def visible(b, h, q, kv):
+            return ((kv + 1) * size - 1 <= q) & valid[b, kv]
+
+        mask_mod = visible
+        if keep is not None:
+            lost = self._block_lost(keep)
+            n_blocks = keep.shape[1]
+
+            def mask_mod(b, h, q, kv):  # noqa: F811 - the dropped variant
+                kept = keep[b, (q // size).clamp(max=n_blocks - 1), kv.clamp(max=n_blocks - 1)] | lost[b, q]
+                return visible(b, h, q, kv) & kept
+
+        mask = tile_block_mask(self.block_visible_tiles(), mask_mod, self.flex_len, self.n_keys)
+        if keep is None:
+            self._block_mask = mask
+        return mask
+
+    def _block_lost(self, keep: torch.Tensor) -> torch.Tensor:
+        """``[B, flex_len]``: queries whose every visible compressed key was dropped. Query ``t`` of block
+        ``c`` sees the prefix of ``(t + 1) // l`` blocks, so prefix counts of the kept valid blocks decide."""
+        layout = self.layout
+        batch, nq, size = layout.batch, layout.n_blocks, layout.size
+        valid = self.valid[:, None, :]  # [B, 1, nq]
+        kept = F.pad((keep & valid).cumsum(-1), (1, 0))  # [B, nq, nq + 1]: kept valid blocks among the first k
+        seen = F.pad(valid.cumsum(-1), (1, 0)).expand(batch, nq, nq + 1)
+        t = torch.arange(layout.padded, device=keep.device)
+        prefix = ((t + 1) // size).view(1, nq, size).expand(batch, nq, size)  # [B, nq, l]
+        lost = (seen.gather(-1, prefix) > 0) & (kept.gather(-1, prefix) == 0)
+        return F.pad(lost.view(batch, layout.padded), (0, self.flex_len - layout.padded))
+
+
+class FlexSparseAttention(SparseAttentionAlignment):
+    """:class:`SparseAttentionAlignment` whose window and block branches run as ``flex_attention`` kernels
+    (see the module docstring) when ``use_flex`` is True and ``L > w``; the reference path otherwise.
+    """
+
+    def __init__(self, *args, use_flex: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.use_flex = use_flex
+
+    def plan(self, real: torch.Tensor, dtype=torch.float32):
+        window = self.window_size if "window" in self.branches else 0
+        reach = self.window_size if self.select_outside_window else 0
+        if not self.use_flex or not flex_available() or BlockLayout(*real.shape, self.block_size, window).dense_window:
+            return SparsePlan(real, self.block_size, window, reach, dtype)
+        return FlexPlan(real, self.block_size, window, reach, dtype)
+
+    def _rows(self, plan: FlexPlan, x: torch.Tensor, length: int) -> torch.Tensor:
+        """``[M, d]`` (or ``[B, n, H, dh]``) -> ``[B, H, length, dh]`` zero-padded to ``length`` rows."""
+        rows = self._split_heads(x.reshape(plan.layout.batch, -1, self.hidden_size)).transpose(1, 2)
+        return F.pad(rows, (0, 0, 0, length - rows.shape[2]))
+
+    def _flex_out(self, plan: FlexPlan, out: torch.Tensor) -> torch.Tensor:
+        """``[B, H, flex_len, dh]`` -> ``[B, nq, l, H, dh]``."""
+        layout = plan.layout
+        return out[:, :, :layout.padded].transpose(1, 2).reshape(layout.batch, layout.n_blocks, layout.size, self.n_heads, -1)
+
+    def _window(self, plan, q, key, value):
+        if not isinstance(plan, FlexPlan):
+            return super()._window(plan, q, key, value)
+        layout = plan.layout
+        keep = None
+        if self.training and self.attn_dropout > 0:
+            self._check_dropout()
+            drop = torch.rand(layout.batch * layout.n_spans, 1, layout.span // layout.size, 1, 2 * layout.span,
+                              device=q.device) < self.attn_dropout
+            keep = ~drop.view(layout.batch, layout.n_blocks, 2 * layout.span)
+        q_rows, k_rows, v_rows = (self._rows(plan, x, plan.flex_len) for x in (q, key, value))
+        return self._flex_out(plan, _flex("window", q_rows, k_rows, v_rows, plan.window_mask(keep)))
+
+    def _block(self, plan, q, k_cmp, v_cmp):
+        if not isinstance(plan, FlexPlan):
+            return super()._block(plan, q, k_cmp, v_cmp)
+        layout = plan.layout
+        keep = None
+        if self.training and self.attn_dropout > 0:
+            self._check_dropout()
+            keep = torch.zeros(layout.batch, layout.n_blocks, layout.n_blocks, dtype=torch.bool, device=q.device)
+            for start, stop, keys in self._reference_chunks(layout):  # the reference's draws, in its order
+                drop = torch.rand(layout.batch, 1, (stop - start) // layout.size, 1, keys, device=q.device) < self.attn_dropout
+                keep[:, start // layout.size:stop // layout.size, :keys] = ~drop.view(layout.batch, -1, keys)
+        q_rows = self._rows(plan, q, plan.flex_len)
+        k_rows, v_rows = (self._rows(plan, x, plan.n_keys) for x in (k_cmp, v_cmp))
+        return self._flex_out(plan, _flex("block", q_rows, k_rows, v_rows, plan.block_mask(keep)))
+
+    @staticmethod
+    def _reference_chunks(layout: BlockLayout):
+        """The reference block branch's query chunks ``(start, stop, keys)`` (see :class:`SparsePlan`)."""
+        nq, size = layout.n_blocks, layout.size
+        chunks = max(1, min(BLOCK_CHUNKS, nq // CHUNK_BLOCKS))
+        bounds = sorted({size * round(nq * i / chunks) for i in range(1, chunks)} - {0} | {layout.padded})
+        return [(start, stop, max(1, min(nq, stop // size))) for start, stop in zip([0] + bounds[:-1], bounds)]
+
+    def _check_dropout(self):
+        if self.dropout_type != "dropkey":
+            raise ValueError("the flex path drops keys only (attn_dropout_type: dropkey), not probabilities")
