@@ -144,3 +144,9 @@ def test_flex_equals_the_reference_with_gradients_on_cuda(length, dropout, left,
     for name, got, expected in [("input", x_flex, x_ref)] + [(name, p_flex[name], grad) for name, grad in p_ref.items()]:
         scale = max(1.0, expected.abs().max().item())  # fp32 sums in another order: relative to the largest entry
         assert (got - expected).abs().max() <= 1e-5 * scale, name
+
+
+def test_flex_path_refuses_probability_dropout():
+    with pytest.raises(ValueError, match="drops keys only"):
+        FlexSparseAttention(64, 2, 32, 16, 4, attn_dropout=0.1, dropout_type="probs")
+    FlexSparseAttention(64, 2, 32, 16, 4, attn_dropout=0.1, dropout_type="probs", use_flex=False)  # the reference path's

@@ -109,10 +109,22 @@ class FlexPlan:
         self.valid_keys = F.pad(self.valid, (0, self.n_keys - nq))  # [B, n_keys]
         ones = torch.ones(batch * layout.padded, 1, dtype=dtype, device=device)
         self.window_seen = self.block_seen = ones
-        self.window = window
-        self._window_mask = self._block_mask = None
+        self._masks = {}  # branch -> BlockMask without dropout
 
     own_block_mask = SparsePlan.own_block_mask
+
+    def _branch_mask(self, branch, visible, visible_tiles, kv_len, kept, lost):
+        """A branch's BlockMask: ``visible(b, h, q, kv)`` pairs (built once per plan), or with DropKey
+        (``lost`` given) those also ``kept(b, q, kv)``, or all visible ones of the ``lost`` queries."""
+        if lost is None:
+            if branch not in self._masks:
+                self._masks[branch] = tile_block_mask(visible_tiles(), visible, self.flex_len, kv_len)
+            return self._masks[branch]
+
+        def dropped(b, h, q, kv):
+            return visible(b, h, q, kv) & (kept(b, q, kv) | lost[b, q])
+
+        return tile_block_mask(visible_tiles(), dropped, self.flex_len, kv_len)
 
     # ----- window: keys in (t - w, t] --------------------------------------------------------------------
 
@@ -126,27 +138,17 @@ class FlexPlan:
 
     def window_mask(self, keep: Optional[torch.Tensor] = None):
         """The window's BlockMask; ``keep [B, nq, 2s]`` (DropKey, relative to each query's span pair) or None."""
-        if keep is None and self._window_mask is not None:
-            return self._window_mask
         real, window, span, size = self.real_rows, self.layout.window, self.layout.span, self.layout.size
 
         def visible(b, h, q, kv):
             return (kv <= q) & (q - kv < window) & real[b, kv]
 
-        mask_mod = visible
-        if keep is not None:
-            lost = self._window_lost(keep)
-            last = keep.shape[-1] - 1
+        def kept(b, q, kv):
+            relative = (kv - (q // span - 1) * span).clamp(0, keep.shape[-1] - 1)
+            return keep[b, (q // size).clamp(max=keep.shape[1] - 1), relative]
 
-            def mask_mod(b, h, q, kv):  # noqa: F811 - the dropped variant
-                relative = (kv - (q // span - 1) * span).clamp(0, last)
-                kept = keep[b, (q // size).clamp(max=keep.shape[1] - 1), relative] | lost[b, q]
-                return visible(b, h, q, kv) & kept
-
-        mask = tile_block_mask(self.window_visible_tiles(), mask_mod, self.flex_len, self.flex_len)
-        if keep is None:
-            self._window_mask = mask
-        return mask
+        lost = None if keep is None else self._window_lost(keep)
+        return self._branch_mask("window", visible, self.window_visible_tiles, self.flex_len, kept, lost)
 
     def _window_lost(self, keep: torch.Tensor) -> torch.Tensor:
         """``[B, flex_len]``: queries whose every visible window key was dropped."""
@@ -172,26 +174,17 @@ class FlexPlan:
 
     def block_mask(self, keep: Optional[torch.Tensor] = None):
         """The block branch's BlockMask; ``keep [B, nq, nq]`` (DropKey per query block) or None."""
-        if keep is None and self._block_mask is not None:
-            return self._block_mask
         valid, size = self.valid_keys, self.layout.size
 
         def visible(b, h, q, kv):
             return ((kv + 1) * size - 1 <= q) & valid[b, kv]
 
-        mask_mod = visible
-        if keep is not None:
-            lost = self._block_lost(keep)
-            n_blocks = keep.shape[1]
+        def kept(b, q, kv):
+            last = keep.shape[1] - 1
+            return keep[b, (q // size).clamp(max=last), kv.clamp(max=last)]
 
-            def mask_mod(b, h, q, kv):  # noqa: F811 - the dropped variant
-                kept = keep[b, (q // size).clamp(max=n_blocks - 1), kv.clamp(max=n_blocks - 1)] | lost[b, q]
-                return visible(b, h, q, kv) & kept
-
-        mask = tile_block_mask(self.block_visible_tiles(), mask_mod, self.flex_len, self.n_keys)
-        if keep is None:
-            self._block_mask = mask
-        return mask
+        lost = None if keep is None else self._block_lost(keep)
+        return self._branch_mask("block", visible, self.block_visible_tiles, self.n_keys, kept, lost)
 
     def _block_lost(self, keep: torch.Tensor) -> torch.Tensor:
         """``[B, flex_len]``: queries whose every visible compressed key was dropped. Query ``t`` of block
@@ -214,6 +207,8 @@ class FlexSparseAttention(SparseAttentionAlignment):
 
     def __init__(self, *args, use_flex: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
+        if use_flex and self.attn_dropout > 0 and self.dropout_type != "dropkey":
+            raise ValueError("the flex path drops keys only (dropout_type='dropkey'), not probabilities")
         self.use_flex = use_flex
 
     def plan(self, real: torch.Tensor, dtype=torch.float32):
@@ -223,43 +218,43 @@ class FlexSparseAttention(SparseAttentionAlignment):
             return SparsePlan(real, self.block_size, window, reach, dtype)
         return FlexPlan(real, self.block_size, window, reach, dtype)
 
-    def _rows(self, plan: FlexPlan, x: torch.Tensor, length: int) -> torch.Tensor:
-        """``[M, d]`` (or ``[B, n, H, dh]``) -> ``[B, H, length, dh]`` zero-padded to ``length`` rows."""
-        rows = self._split_heads(x.reshape(plan.layout.batch, -1, self.hidden_size)).transpose(1, 2)
-        return F.pad(rows, (0, 0, 0, length - rows.shape[2]))
+    def _drops_keys(self) -> bool:
+        return self.training and self.attn_dropout > 0
 
-    def _flex_out(self, plan: FlexPlan, out: torch.Tensor) -> torch.Tensor:
-        """``[B, H, flex_len, dh]`` -> ``[B, nq, l, H, dh]``."""
+    def _run_flex(self, branch: str, plan: FlexPlan, q, key, value, kv_len: int, block_mask) -> torch.Tensor:
+        """One branch through ``flex_attention`` over whole rows: ``[M, d]`` queries (keys/values ``[B, n, ...]``
+        padded to ``kv_len``) -> ``[B, nq, l, H, dh]``."""
         layout = plan.layout
+
+        def rows(x, length):  # -> [B, H, length, dh], zero-padded
+            x = self._split_heads(x.reshape(layout.batch, -1, self.hidden_size)).transpose(1, 2)
+            return F.pad(x, (0, 0, 0, length - x.shape[2]))
+
+        out = _flex(branch, rows(q, plan.flex_len), rows(key, kv_len), rows(value, kv_len), block_mask)
         return out[:, :, :layout.padded].transpose(1, 2).reshape(layout.batch, layout.n_blocks, layout.size, self.n_heads, -1)
 
     def _window(self, plan, q, key, value):
         if not isinstance(plan, FlexPlan):
             return super()._window(plan, q, key, value)
-        layout = plan.layout
         keep = None
-        if self.training and self.attn_dropout > 0:
-            self._check_dropout()
+        if self._drops_keys():  # the reference's draw: one per (span, query block in it, key of the span pair)
+            layout = plan.layout
             drop = torch.rand(layout.batch * layout.n_spans, 1, layout.span // layout.size, 1, 2 * layout.span,
                               device=q.device) < self.attn_dropout
             keep = ~drop.view(layout.batch, layout.n_blocks, 2 * layout.span)
-        q_rows, k_rows, v_rows = (self._rows(plan, x, plan.flex_len) for x in (q, key, value))
-        return self._flex_out(plan, _flex("window", q_rows, k_rows, v_rows, plan.window_mask(keep)))
+        return self._run_flex("window", plan, q, key, value, plan.flex_len, plan.window_mask(keep))
 
     def _block(self, plan, q, k_cmp, v_cmp):
         if not isinstance(plan, FlexPlan):
             return super()._block(plan, q, k_cmp, v_cmp)
-        layout = plan.layout
         keep = None
-        if self.training and self.attn_dropout > 0:
-            self._check_dropout()
+        if self._drops_keys():  # the reference's draws: one per query chunk, in its order
+            layout = plan.layout
             keep = torch.zeros(layout.batch, layout.n_blocks, layout.n_blocks, dtype=torch.bool, device=q.device)
-            for start, stop, keys in self._reference_chunks(layout):  # the reference's draws, in its order
+            for start, stop, keys in self._reference_chunks(layout):
                 drop = torch.rand(layout.batch, 1, (stop - start) // layout.size, 1, keys, device=q.device) < self.attn_dropout
                 keep[:, start // layout.size:stop // layout.size, :keys] = ~drop.view(layout.batch, -1, keys)
-        q_rows = self._rows(plan, q, plan.flex_len)
-        k_rows, v_rows = (self._rows(plan, x, plan.n_keys) for x in (k_cmp, v_cmp))
-        return self._flex_out(plan, _flex("block", q_rows, k_rows, v_rows, plan.block_mask(keep)))
+        return self._run_flex("block", plan, q, k_cmp, v_cmp, plan.n_keys, plan.block_mask(keep))
 
     @staticmethod
     def _reference_chunks(layout: BlockLayout):
@@ -268,7 +263,3 @@ class FlexSparseAttention(SparseAttentionAlignment):
         chunks = max(1, min(BLOCK_CHUNKS, nq // CHUNK_BLOCKS))
         bounds = sorted({size * round(nq * i / chunks) for i in range(1, chunks)} - {0} | {layout.padded})
         return [(start, stop, max(1, min(nq, stop // size))) for start, stop in zip([0] + bounds[:-1], bounds)]
-
-    def _check_dropout(self):
-        if self.dropout_type != "dropkey":
-            raise ValueError("the flex path drops keys only (attn_dropout_type: dropkey), not probabilities")
