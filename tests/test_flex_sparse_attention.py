@@ -150,3 +150,19 @@ def test_flex_path_refuses_probability_dropout():
     with pytest.raises(ValueError, match="drops keys only"):
         FlexSparseAttention(64, 2, 32, 16, 4, attn_dropout=0.1, dropout_type="probs")
     FlexSparseAttention(64, 2, 32, 16, 4, attn_dropout=0.1, dropout_type="probs", use_flex=False)  # the reference path's
+
+
+def test_scaling_table_compares_the_flex_path_with_sal_and_the_floor():
+    """bench.attention's table with the flex implementation: its ratio to SDPA, to SAL and to the floor."""
+    from types import SimpleNamespace
+
+    from recbole_mm.bench.attention import flop_floor, table
+
+    args = SimpleNamespace(hidden=64, heads=2, window=32, block=16, top=4)
+    results = {("sdpa", 2048): {"ms": 4.0}, ("sal", 2048): {"ms": 10.0}, ("flex", 2048): {"ms": 15.0}}
+    lines = table(results, [2048], ["sdpa", "sal", "flex"], args).splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    row = dict(zip(header, (cell.strip() for cell in lines[2].strip("|").split("|"))))
+    assert row["SAL-flex/sdpa time"] == "3.750" and row["SAL-flex/SAL time"] == "1.500" and row["SAL/sdpa time"] == "2.500"
+    floor = flop_floor(2048, 64, 2, 32, 16, 4)[1]
+    assert row["SAL-flex/sdpa time / floor"] == f"{3.75 / floor:.2f}"

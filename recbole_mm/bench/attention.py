@@ -379,7 +379,9 @@ def table(results, lengths, impls, args):
     memory = any("peak_mb" in result for result in results.values())
     header = ["L"] + [f"{i} ms" for i in impls] + ([f"{i} MB" for i in impls] if memory else [])
     pairs = [(s, b) for s in SPARSE if s in impls for b in ("recbole", "sdpa") if b in impls]
-    header += [f"{SPARSE[s]}/{b} time" for s, b in pairs] + ([f"{SPARSE[s]}/{b} mem" for s, b in pairs] if memory else [])
+    pairs += [("flex", "sal")] if {"flex", "sal"} <= set(impls) else []  # the flex kernels against SAL's own path
+    header += [f"{SPARSE[s]}/{SPARSE.get(b, b)} time" for s, b in pairs]
+    header += [f"{SPARSE[s]}/{SPARSE.get(b, b)} mem" for s, b in pairs] if memory else []
     floored = [s for s, b in pairs if b == "sdpa"]
     header += ["floor", "core floor"] + [f"{SPARSE[s]}/sdpa time / floor" for s in floored]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
