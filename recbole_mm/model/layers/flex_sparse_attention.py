@@ -91,6 +91,9 @@ class FlexPlan:
     """
 
     def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
+        # layout, padding and candidates as SparsePlan sets them up (SparsePlan's constructor also builds the
+        # additive masks this plan replaces, so it is not called; sharing these lines means editing
+        # sparse_attention.py, which changes MUFASA's benchmark fingerprint: left for MUFASA's next change)
         batch, length = real.shape
         device = real.device
         self.layout = layout = BlockLayout(batch, length, block_size, window)
