@@ -113,7 +113,28 @@ def test_id_only_ablation_has_no_fusion_and_no_aux_losses(tiny_config):
     assert torch.is_tensor(model.calculate_loss(_batch(model)))
 
 
-@pytest.mark.parametrize("key,value", [("attn_dropout_type", "weights"), ("dist_type", "cauchy"), ("col_weight", -0.1)])
+def _content_to_id_rms(model):
+    ids = torch.arange(1, model.n_items)
+    with torch.no_grad():
+        id_part = model.item_embedding(ids)
+        content = model.eval().item_vectors(ids) - id_part
+    return float(content.pow(2).mean().sqrt() / id_part.pow(2).mean().sqrt())
+
+
+def test_fusion_init_starts_the_content_part_at_the_id_scale(tiny_config):
+    """Under N(0, 0.02) the fusion's three stacked Linear layers shrink the content part to a few
+    percent of the ID embedding's rms, so it barely trains early; ``matched`` starts it at that rms."""
+    scaled, _ = _model(tiny_config())
+    shrunk, _ = _model(tiny_config(fusion_init="normal"))
+    assert 0.3 <= _content_to_id_rms(scaled) <= 3.0
+    assert _content_to_id_rms(shrunk) < 0.1
+    gate = scaled.fusion.gates[scaled.fusion.others[0]].weight
+    assert abs(float(gate.std()) * gate.size(1) ** 0.5 - 1.0) < 0.1  # N(0, 1/fan_in)
+    torch.testing.assert_close(scaled.item_embedding.weight, shrunk.item_embedding.weight)  # the rest as before
+
+
+@pytest.mark.parametrize("key,value", [("attn_dropout_type", "weights"), ("dist_type", "cauchy"), ("col_weight", -0.1),
+                                       ("fusion_init", "fan_in")])
 def test_bad_config_values_are_rejected(tiny_config, key, value):
     with pytest.raises(ValueError, match=key):
         _model(tiny_config(**{key: value}))

@@ -43,6 +43,7 @@ SUITE = ablation.AblationSuite(
         "window-only SAL": ("MUFASA", {"sal_branches": ["window"]}),
         "selection may overlap the window": ("MUFASA", {"select_outside_window": False}),
         "w/o fusion (ID only)": ("MUFASA", {"use_mfl": False}),
+        "fusion init normal": ("MUFASA", {"fusion_init": "normal"}),
     },
 )
 

@@ -53,6 +53,23 @@ class MultimodalFusionLayer(nn.Module):
             fused = fused + torch.sigmoid(self.gates[name](torch.cat([anchor, projected], dim=-1))) * projected
         return FusedItems(anchor, fused, self.to_id_space(fused), others, masks)
 
+    def init_content_scale(self, contents: Dict[str, torch.Tensor], masks: Dict[str, torch.Tensor], target_rms: float):
+        """Draw every Linear from N(0, 1/fan_in) (biases zero), so that no layer shrinks its input, then
+        scale ``to_id_space`` so that ``content`` has rms ``target_rms`` on the given items (whatever the
+        features' own scale). Under the backbone's N(0, 0.02) the three stacked layers start ``content``
+        ~70x below the ID embedding on ml-100k-mm, and the content path barely trains early."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=module.in_features ** -0.5)
+                nn.init.zeros_(module.bias)
+        training = self.training
+        self.eval()  # no feature dropout in the measurement
+        with torch.no_grad():
+            rms = self(contents, masks).content.pow(2).mean().sqrt()
+            if rms > 0:
+                self.to_id_space.weight.mul_(target_rms / rms)
+        self.train(training)
+
     def _project(self, name, contents, masks):
         return self.projections[name](contents[name]) * masks[name].unsqueeze(-1).to(contents[name].dtype)
 
