@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mm.model.layers.sparse_attention import (
-    BLOCK_CHUNKS, CHUNK_BLOCKS, BlockLayout, SparseAttentionAlignment, SparsePlan, candidate_block_mask, window_band_mask,
+    BlockLayout, PaddedBatch, SparseAttentionAlignment, SparsePlan, block_query_chunks, window_band_mask,
 )
 
 try:  # torch >= 2.5
@@ -81,40 +81,24 @@ def _tile_any(flags: torch.Tensor, n_tiles: int) -> torch.Tensor:
     return F.pad(flags, (0, n_tiles * FLEX_TILE - flags.shape[1])).view(flags.shape[0], n_tiles, FLEX_TILE).any(-1)
 
 
-class FlexPlan:
+class FlexPlan(PaddedBatch):
     """A batch's layout, padding and BlockMasks for :class:`FlexSparseAttention` (shared by an encoder's layers).
 
-    Carries what the reference branches read from a :class:`SparsePlan` (``layout``, ``real``, ``valid``,
-    ``candidates``, ``any_candidate``, :meth:`own_block_mask`) plus ``window_seen`` / ``block_seen`` as
-    ones: flex rows that see nothing are already 0. ``flex_len`` is the rows' length rounded up to whole
-    tiles; ``n_keys`` the compressed keys' length, likewise.
+    Carries what the reference branches read from a :class:`SparsePlan` (its :class:`PaddedBatch` part)
+    plus ``window_seen`` / ``block_seen`` as ones: flex rows that see nothing are already 0. ``flex_len``
+    is the rows' length rounded up to whole tiles; ``n_keys`` the compressed keys' length, likewise.
     """
 
     def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
-        # layout, padding and candidates as SparsePlan sets them up (SparsePlan's constructor also builds the
-        # additive masks this plan replaces, so it is not called; sharing these lines means editing
-        # sparse_attention.py, which changes MUFASA's benchmark fingerprint: left for MUFASA's next change)
-        batch, length = real.shape
-        device = real.device
-        self.layout = layout = BlockLayout(batch, length, block_size, window)
-        nq, size = layout.n_blocks, layout.size
-        padded = torch.zeros(batch, layout.padded, dtype=torch.bool, device=device)
-        padded[:, :length] = real
-        self.real = padded.view(-1)  # [M]
-        self.valid = padded.view(batch, nq, size).any(-1)  # [B, nq]
-        reach = min(select_reach, layout.window) if window else 0
-        self.candidates = candidate_block_mask(nq, size, reach, device) & self.valid[:, None, :]
-        self.any_candidate = bool(self.candidates.any())
-        self.dtype, self._own_block = dtype, None
+        super().__init__(real, block_size, window, select_reach, dtype)
+        layout = self.layout
         self.flex_len = _tiles(layout.padded) * FLEX_TILE
-        self.n_keys = _tiles(nq) * FLEX_TILE
-        self.real_rows = F.pad(padded, (0, self.flex_len - layout.padded))  # [B, flex_len]
-        self.valid_keys = F.pad(self.valid, (0, self.n_keys - nq))  # [B, n_keys]
-        ones = torch.ones(batch * layout.padded, 1, dtype=dtype, device=device)
+        self.n_keys = _tiles(layout.n_blocks) * FLEX_TILE
+        self.real_rows = F.pad(self.padded, (0, self.flex_len - layout.padded))  # [B, flex_len]
+        self.valid_keys = F.pad(self.valid, (0, self.n_keys - layout.n_blocks))  # [B, n_keys]
+        ones = torch.ones(layout.batch * layout.padded, 1, dtype=dtype, device=real.device)
         self.window_seen = self.block_seen = ones
         self._masks = {}  # branch -> BlockMask without dropout
-
-    own_block_mask = SparsePlan.own_block_mask
 
     def _branch_mask(self, branch, visible, visible_tiles, kv_len, kept, lost):
         """A branch's BlockMask: ``visible(b, h, q, kv)`` pairs (built once per plan), or with DropKey
@@ -254,15 +238,7 @@ class FlexSparseAttention(SparseAttentionAlignment):
         if self._drops_keys():  # the reference's draws: one per query chunk, in its order
             layout = plan.layout
             keep = torch.zeros(layout.batch, layout.n_blocks, layout.n_blocks, dtype=torch.bool, device=q.device)
-            for start, stop, keys in self._reference_chunks(layout):
+            for start, stop, keys in block_query_chunks(layout):
                 drop = torch.rand(layout.batch, 1, (stop - start) // layout.size, 1, keys, device=q.device) < self.attn_dropout
                 keep[:, start // layout.size:stop // layout.size, :keys] = ~drop.view(layout.batch, -1, keys)
         return self._run_flex("block", plan, q, k_cmp, v_cmp, plan.n_keys, plan.block_mask(keep))
-
-    @staticmethod
-    def _reference_chunks(layout: BlockLayout):
-        """The reference block branch's query chunks ``(start, stop, keys)`` (see :class:`SparsePlan`)."""
-        nq, size = layout.n_blocks, layout.size
-        chunks = max(1, min(BLOCK_CHUNKS, nq // CHUNK_BLOCKS))
-        bounds = sorted({size * round(nq * i / chunks) for i in range(1, chunks)} - {0} | {layout.padded})
-        return [(start, stop, max(1, min(nq, stop // size))) for start, stop in zip([0] + bounds[:-1], bounds)]

@@ -151,41 +151,29 @@ def additive_mask(visible: torch.Tensor, dtype) -> tuple:
     return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~(visible | ~seen), float("-inf")), seen
 
 
-class SparsePlan:
-    """A batch's layout and the masks that depend only on padding, shared by every SAL layer of an encoder.
+def block_query_chunks(layout: "BlockLayout") -> list:
+    """The block branch's query chunks ``(start, stop, keys)``: at least CHUNK_BLOCKS blocks, at most
+    BLOCK_CHUNKS of them, each against the compressed keys its last row may see."""
+    nq, size = layout.n_blocks, layout.size
+    chunks = max(1, min(BLOCK_CHUNKS, nq // CHUNK_BLOCKS))
+    bounds = sorted({size * round(nq * i / chunks) for i in range(1, chunks)} - {0} | {layout.padded})
+    return [(start, stop, max(1, min(nq, stop // size))) for start, stop in zip([0] + bounds[:-1], bounds)]
 
-    Window mask ``[B*n_spans, 1, s, 2s]`` (or ``[B, 1, P, P]`` when ``dense_window``), block mask
-    ``[B, 1, P, nq]`` (``P = nq*l``), selection candidates ``[B, nq, nq]``, and per-item realness ``[M]``.
-    """
+
+class PaddedBatch:
+    """What every plan of a batch starts from: the layout, the padded realness ``[B, P]`` (and flat
+    ``real [M]``), which blocks hold a real item ``valid [B, nq]``, and the selection candidates."""
 
     def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
         batch, length = real.shape
-        device = real.device
         self.layout = layout = BlockLayout(batch, length, block_size, window)
         nq, size = layout.n_blocks, layout.size
-        padded = torch.zeros(batch, layout.padded, dtype=torch.bool, device=device)
-        padded[:, :length] = real
-        self.real = padded.view(-1)  # [M]
-        if window and layout.dense_window:
-            visible = causal_mask(layout.padded, device) & padded[:, None, None, :]  # [B, 1, P, P]
-            self.window_mask, self.window_seen = additive_mask(visible, dtype)
-        elif window:
-            span = layout.span
-            spans = padded.view(batch, layout.n_spans, span)
-            key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
-            visible = key_ok.view(-1, 1, 1, 2 * span) & window_band_mask(span, layout.window, device)
-            self.window_mask, self.window_seen = additive_mask(visible, dtype)
-        self.valid = padded.view(batch, nq, size).any(-1)  # [B, nq]: the block holds a real item
-        visible = complete_block_mask(layout.padded, nq, size, device) & self.valid[:, None, None, :]  # [B, 1, P, nq]
-        block_mask, self.block_seen = additive_mask(visible, dtype)
-        # query chunks (of at least CHUNK_BLOCKS blocks, at most BLOCK_CHUNKS of them), each against the
-        # compressed keys its last row may see
-        chunks = max(1, min(BLOCK_CHUNKS, nq // CHUNK_BLOCKS))
-        bounds = sorted({size * round(nq * i / chunks) for i in range(1, chunks)} - {0} | {layout.padded})
-        self.block_chunks = [(start, stop, max(1, min(nq, stop // size))) for start, stop in zip([0] + bounds[:-1], bounds)]
-        self.block_masks = [block_mask[:, :, start:stop, :keys].contiguous() for start, stop, keys in self.block_chunks]
+        self.padded = torch.zeros(batch, layout.padded, dtype=torch.bool, device=real.device)
+        self.padded[:, :length] = real
+        self.real = self.padded.view(-1)  # [M]
+        self.valid = self.padded.view(batch, nq, size).any(-1)  # [B, nq]: the block holds a real item
         reach = min(select_reach, layout.window) if window else 0
-        self.candidates = candidate_block_mask(nq, size, reach, device) & self.valid[:, None, :]  # [B, nq, nq]
+        self.candidates = candidate_block_mask(nq, size, reach, real.device) & self.valid[:, None, :]  # [B, nq, nq]
         self.any_candidate = bool(self.candidates.any())  # False when L <= w + l: select sees its own block only
         self.dtype, self._own_block = dtype, None
 
@@ -196,6 +184,32 @@ class SparsePlan:
             visible = self.real.view(-1, 1, 1, size) & causal_mask(size, self.real.device)
             self._own_block = additive_mask(visible, self.dtype)
         return self._own_block
+
+
+class SparsePlan(PaddedBatch):
+    """A batch's layout and the masks that depend only on padding, shared by every SAL layer of an encoder.
+
+    Window mask ``[B*n_spans, 1, s, 2s]`` (or ``[B, 1, P, P]`` when ``dense_window``), block mask
+    ``[B, 1, P, nq]`` (``P = nq*l``), selection candidates ``[B, nq, nq]``, and per-item realness ``[M]``.
+    """
+
+    def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
+        super().__init__(real, block_size, window, select_reach, dtype)
+        layout, padded, device = self.layout, self.padded, real.device
+        batch, nq, size = layout.batch, layout.n_blocks, layout.size
+        if window and layout.dense_window:
+            visible = causal_mask(layout.padded, device) & padded[:, None, None, :]  # [B, 1, P, P]
+            self.window_mask, self.window_seen = additive_mask(visible, dtype)
+        elif window:
+            span = layout.span
+            spans = padded.view(batch, layout.n_spans, span)
+            key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
+            visible = key_ok.view(-1, 1, 1, 2 * span) & window_band_mask(span, layout.window, device)
+            self.window_mask, self.window_seen = additive_mask(visible, dtype)
+        visible = complete_block_mask(layout.padded, nq, size, device) & self.valid[:, None, None, :]  # [B, 1, P, nq]
+        block_mask, self.block_seen = additive_mask(visible, dtype)
+        self.block_chunks = block_query_chunks(layout)
+        self.block_masks = [block_mask[:, :, start:stop, :keys].contiguous() for start, stop, keys in self.block_chunks]
 
 
 # ----- parameterised parts ------------------------------------------------------------------------
