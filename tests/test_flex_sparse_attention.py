@@ -102,11 +102,11 @@ def test_block_masks_are_built_from_tiles_not_from_pairs():
     real = torch.ones(2, 4 * FLEX_TILE, dtype=torch.bool)
     real[1, :FLEX_TILE + 5] = False  # row 1: its first tile holds no real key
     plan = layer.plan(real)
-    window = plan.window_visible_tiles()
+    window = plan.window_visible_tiles
     assert window.shape == (2, 4, 4)
     assert window[0].sum(-1).tolist() == [1, 2, 2, 2] and window[1, :, 0].sum() == 0
     assert window[0].triu(1).sum() == 0  # causal at tile level
-    block = plan.block_visible_tiles()
+    block = plan.block_visible_tiles
     assert block.shape == (2, 4, 1)  # 32 compressed keys fit one tile
 
 

@@ -28,6 +28,7 @@ cores is most of it (the same window kernel in bf16: 1.8 ms; with 64-item tiles 
 When ``L <= w`` the reference path runs (the window is then one causal SDPA call already).
 """
 
+import functools
 from typing import Optional
 
 import torch
@@ -102,19 +103,21 @@ class FlexPlan(PaddedBatch):
 
     def _branch_mask(self, branch, visible, visible_tiles, kv_len, kept, lost):
         """A branch's BlockMask: ``visible(b, h, q, kv)`` pairs (built once per plan), or with DropKey
-        (``lost`` given) those also ``kept(b, q, kv)``, or all visible ones of the ``lost`` queries."""
+        (``lost`` given) those also ``kept(b, q, kv)``, or all visible ones of the ``lost`` queries.
+        ``visible_tiles`` is the plan's (cached) tile map of the branch."""
         if lost is None:
             if branch not in self._masks:
-                self._masks[branch] = tile_block_mask(visible_tiles(), visible, self.flex_len, kv_len)
+                self._masks[branch] = tile_block_mask(visible_tiles, visible, self.flex_len, kv_len)
             return self._masks[branch]
 
         def dropped(b, h, q, kv):
             return visible(b, h, q, kv) & (kept(b, q, kv) | lost[b, q])
 
-        return tile_block_mask(visible_tiles(), dropped, self.flex_len, kv_len)
+        return tile_block_mask(visible_tiles, dropped, self.flex_len, kv_len)
 
     # ----- window: keys in (t - w, t] --------------------------------------------------------------------
 
+    @functools.cached_property
     def window_visible_tiles(self) -> torch.Tensor:
         """``[B, nT, nT]``: key tile ``j`` can hold a key in the window of a query of tile ``i``."""
         n = _tiles(self.layout.padded)
@@ -137,20 +140,28 @@ class FlexPlan(PaddedBatch):
         lost = None if keep is None else self._window_lost(keep)
         return self._branch_mask("window", visible, self.window_visible_tiles, self.flex_len, kept, lost)
 
+    @functools.cached_property
+    def window_band_visible(self) -> torch.Tensor:
+        """``[B, n_spans, s / l, l, 2s]``: the window keys each query sees, relative to its span pair."""
+        layout = self.layout
+        batch, span = layout.batch, layout.span
+        spans = self.padded.view(batch, layout.n_spans, span)
+        key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
+        seen = key_ok[:, :, None, :] & window_band_mask(span, layout.window, key_ok.device)  # [B, n_spans, s, 2s]
+        return seen.view(batch, layout.n_spans, span // layout.size, layout.size, 2 * span)
+
     def _window_lost(self, keep: torch.Tensor) -> torch.Tensor:
         """``[B, flex_len]``: queries whose every visible window key was dropped."""
         layout = self.layout
         batch, span = layout.batch, layout.span
-        spans = self.real_rows[:, :layout.padded].view(batch, layout.n_spans, span)
-        key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
-        seen = key_ok[:, :, None, :] & window_band_mask(span, layout.window, key_ok.device)  # [B, n_spans, s, 2s]
         kept = keep.view(batch, layout.n_spans, span // layout.size, 1, 2 * span)
-        seen = seen.view(batch, layout.n_spans, span // layout.size, layout.size, 2 * span)
+        seen = self.window_band_visible
         lost = (seen.any(-1) & ~(seen & kept).any(-1)).view(batch, layout.padded)  # they keep every key (as in _sdpa)
         return F.pad(lost, (0, self.flex_len - layout.padded))
 
     # ----- block: compressed keys of complete blocks -------------------------------------------------------
 
+    @functools.cached_property
     def block_visible_tiles(self) -> torch.Tensor:
         """``[B, nT, nKT]``: compressed-key tile ``j`` holds a block complete at the last query of tile ``i``."""
         size = self.layout.size
