@@ -127,6 +127,28 @@ def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_pair
         variants.run(mufasa.SUITE, table, dataclasses.replace(table, run_missing=False), ["MUFASA"], [2020], args)
 
 
+def test_a_variant_that_moves_a_grid_key_runs_and_records_its_own_point():
+    import argparse
+
+    from recbole_mm.bench import variants
+
+    class Table:  # what variant_specs reads of a regime table
+        dataset, data_fingerprint = "tiny", "data"
+
+        @staticmethod
+        def config(model, point):
+            return {"learning_rate": point["learning_rate"], "hidden_dropout_prob": point["dropout"]}
+
+    tuning = {"CAMMSR": {"chosen": {"learning_rate": 0.001, "dropout": 0.2}}}
+    specs = dict(variants.variant_specs(cammsr.SUITE, Table, tuning, ["LayerNorm (no DyT)", "LayerNorm at lr 0.003"], [2020],
+                                        argparse.Namespace()))
+    inherited, moved = specs["LayerNorm (no DyT)"], specs["LayerNorm at lr 0.003"]
+    assert inherited.point == {"learning_rate": 0.001, "dropout": 0.2} and inherited.config["learning_rate"] == 0.001
+    assert moved.point == {"learning_rate": 0.003, "dropout": 0.2} and moved.config["learning_rate"] == 0.003
+    assert moved.config["norm"] == inherited.config["norm"] == "layernorm"
+    assert tuning["CAMMSR"]["chosen"]["learning_rate"] == 0.001  # the tuned point itself is untouched
+
+
 def test_regime_noise_variant_trains_on_its_own_copy_paired_with_the_clean_model(tiny_planted, tmp_path, monkeypatch):
     """Under --regime the category-noise variant gets a kept copy of the regime's data (its runs read
     that folder and are keyed by its fingerprint), and pairs with clean CAMMSR on the same users."""

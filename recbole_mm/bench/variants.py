@@ -95,7 +95,8 @@ def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], s
     specs = []
     for name in names:
         model, overrides = suite.variants[name]
-        point = tuning[model]["chosen"]
+        chosen = tuning[model]["chosen"]
+        point = None if chosen is None else {key: overrides.get(key, value) for key, value in chosen.items()}  # a variant may move a grid key
         config = {**table.config(model, point), **effective_overrides(model, overrides)}
         if suite.prepare_config:
             config = suite.prepare_config(name, config, args)
