@@ -140,12 +140,14 @@ def test_a_variant_that_moves_a_grid_key_runs_and_records_its_own_point():
             return {"learning_rate": point["learning_rate"], "hidden_dropout_prob": point["dropout"]}
 
     tuning = {"CAMMSR": {"chosen": {"learning_rate": 0.001, "dropout": 0.2}}}
-    specs = dict(variants.variant_specs(cammsr.SUITE, Table, tuning, ["LayerNorm (no DyT)", "LayerNorm at lr 0.003"], [2020],
-                                        argparse.Namespace()))
-    inherited, moved = specs["LayerNorm (no DyT)"], specs["LayerNorm at lr 0.003"]
+    names = ["LayerNorm (no DyT)", "LayerNorm at lr 0.003", "LayerNorm at lr 0.003 dropout 0.5"]
+    specs = dict(variants.variant_specs(cammsr.SUITE, Table, tuning, names, [2020], argparse.Namespace()))
+    inherited, moved, both = (specs[name] for name in names)
     assert inherited.point == {"learning_rate": 0.001, "dropout": 0.2} and inherited.config["learning_rate"] == 0.001
     assert moved.point == {"learning_rate": 0.003, "dropout": 0.2} and moved.config["learning_rate"] == 0.003
-    assert moved.config["norm"] == inherited.config["norm"] == "layernorm"
+    assert both.point == {"learning_rate": 0.003, "dropout": 0.5} and both.config["hidden_dropout_prob"] == 0.5
+    assert "dropout" not in both.config  # a grid key reaches the config as the model's own keys only
+    assert moved.config["norm"] == inherited.config["norm"] == both.config["norm"] == "layernorm"
     assert tuning["CAMMSR"]["chosen"]["learning_rate"] == 0.001  # the tuned point itself is untouched
 
 

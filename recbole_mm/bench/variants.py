@@ -97,7 +97,8 @@ def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], s
         model, overrides = suite.variants[name]
         chosen = tuning[model]["chosen"]
         point = None if chosen is None else {key: overrides.get(key, value) for key, value in chosen.items()}  # a variant may move a grid key
-        config = {**table.config(model, point), **effective_overrides(model, overrides)}
+        model_overrides = {key: value for key, value in overrides.items() if key not in (point or {})}  # grid keys act via the point
+        config = {**table.config(model, point), **effective_overrides(model, model_overrides)}
         if suite.prepare_config:
             config = suite.prepare_config(name, config, args)
         data = data_fingerprint(os.path.join(own_data[name], table.dataset)) if name in own_data else table.data_fingerprint
