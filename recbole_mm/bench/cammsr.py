@@ -151,7 +151,7 @@ SUITE = ablation.AblationSuite(
         "CL on all rows": ("CAMMSR", {"cl_rows": 1.0}),
         "LayerNorm + CL w/o warm-up": ("CAMMSR", {"norm": "layernorm", "cl_warmup_steps": 0}),  # the two best on dense
         "LayerNorm at lr 0.003": ("CAMMSR", {"norm": "layernorm", "learning_rate": 0.003}),  # SASRec's and SASRecMM's dense lr
-        "LayerNorm at dropout 0.5": ("CAMMSR", {"norm": "layernorm", "dropout": 0.5}),  # with the next two: LayerNorm's own grid
+        "LayerNorm at dropout 0.5": ("CAMMSR", {"norm": "layernorm", "dropout": 0.5}),  # this and the next: LayerNorm's dropout-0.5 grid points
         "LayerNorm at lr 0.003 dropout 0.5": ("CAMMSR", {"norm": "layernorm", "learning_rate": 0.003, "dropout": 0.5}),
         "first-version settings": ("CAMMSR", FIRST_VERSION),
         PRIOR: ("CAMMSR", {"category_prior": True}),
