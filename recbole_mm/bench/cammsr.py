@@ -135,6 +135,8 @@ SUITE = ablation.AblationSuite(
         "SASRecMM": ("SASRecMM", {}),
         CLEAN: ("CAMMSR", {}),
         "w/o category guidance": ("CAMMSR", {"cat_weight": 0.0}),
+        "category weight 0.3": ("CAMMSR", {"cat_weight": 0.3}),  # the category task carries cold items: more of it
+        "category weight 1.0": ("CAMMSR", {"cat_weight": 1.0}),
         "w/o swap CL": ("CAMMSR", {"cl_weight": 0.0}),
         "LayerNorm (no DyT)": ("CAMMSR", {"norm": "layernorm"}),
         "DyT gamma 1 (no unit gain)": ("CAMMSR", {"dyt_unit_gain": False}),
