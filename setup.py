@@ -12,8 +12,9 @@ PACKAGED_FOLDERS = ("properties", "dataset")
 # Install-time files in those folders that the package itself never reads.
 NOT_PACKAGED = shutil.ignore_patterns("uv-overrides.txt")
 # The benchmark's published results (``python -m recbole_mm.bench`` reads them before running
-# anything); a pattern that matches nothing is fine, so the folder need not exist.
-PUBLISHED_RUNS = {"recbole_mm.bench": ["published/*/runs/*.json"]}
+# anything) and the fingerprints checked to compute alike (``bench.equivalence``); a pattern that
+# matches nothing is fine, so the folder need not exist.
+PUBLISHED_RUNS = {"recbole_mm.bench": ["published/*/runs/*.json", "published/key_aliases.json"]}
 
 
 class BuildWithResources(build_py):

@@ -212,6 +212,30 @@ def test_dropkey_keeps_causality_and_padding_in_training(length):
     assert torch.isfinite(before).all() and (before - reference).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_a_batch_without_padding_shares_one_block_mask_and_computes_what_per_row_masks_do(training):
+    """No block is all padding: one ``[1, 1, P, nq]`` block mask serves the batch. With it expanded to one
+    mask per row, outputs and gradients are bit-identical, in training too (DropKey draws per row either
+    way). A layer without the block branch plans no block masks at all."""
+    layer = make_layer(window_size=8, block_size=4, top_blocks=3, attn_dropout=0.5 if training else 0.0).train(training)
+    x = torch.randn(3, 40, D)
+    real = torch.ones(3, 40, dtype=torch.bool)
+    results = []
+    for per_row in (False, True):
+        plan = layer.plan(real)
+        assert plan.block_masks[0].shape[0] == 1
+        if per_row:
+            plan.block_masks = [mask.expand(3, -1, -1, -1).contiguous() for mask in plan.block_masks]
+        inputs = x.clone().requires_grad_(True)
+        torch.manual_seed(5)
+        out = layer(inputs, real, plan=plan)
+        out.square().sum().backward()
+        results.append((out.detach(), inputs.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert layer.plan(padding_mask([40, 30, 3], 40)).block_masks[0].shape[0] == 3
+    assert make_layer(window_size=8, block_size=4, branches=("window",)).plan(real).block_masks is None
+
+
 # ----- every part is used --------------------------------------------------------------------------
 
 

@@ -307,6 +307,40 @@ def model_fingerprint(model: str) -> Optional[str]:
     return digest.hexdigest()[:12]
 
 
+ALIASES_PATH = os.path.join(PUBLISHED_DIR, "key_aliases.json")
+
+
+def read_aliases(path: Optional[str] = None) -> List[dict]:
+    """Entries ``{"model", "fingerprint", "same_as", ...}`` of the alias file (none when it is absent)."""
+    path = path or ALIASES_PATH
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)["aliases"]
+
+
+def write_aliases(entries: Sequence[dict], path: Optional[str] = None) -> None:
+    path = path or ALIASES_PATH
+    with open(path + ".tmp", "w", encoding="utf-8") as handle:
+        json.dump({"aliases": list(entries)}, handle, indent=1)
+        handle.write("\n")
+    os.replace(path + ".tmp", path)
+
+
+def fingerprint_aliases(model: str, fingerprint: Optional[str], path: Optional[str] = None) -> List[str]:
+    """Older fingerprints of ``model`` whose code was checked to compute bit-identically to ``fingerprint``'s
+    (:mod:`recbole_mm.bench.equivalence`), following the chain: a run cached under any of them is this run."""
+    entries = [entry for entry in read_aliases(path) if entry["model"] == model]
+    found, queue = [], [fingerprint]
+    while queue:
+        current = queue.pop()
+        for entry in entries:
+            if entry["fingerprint"] == current and entry["same_as"] not in found + [fingerprint]:
+                found.append(entry["same_as"])
+                queue.append(entry["same_as"])
+    return found
+
+
 # ----- the cache ------------------------------------------------------------------------------
 
 
@@ -323,6 +357,12 @@ class RunSpec(collections.namedtuple("RunSpec", "model dataset config seed point
             sort_keys=True, default=str,
         )
         return f"{self.model}_seed{self.seed}_{hashlib.sha1(payload.encode('utf-8')).hexdigest()[:10]}"
+
+    def alias_keys(self, max_batches, cold_max_count) -> List[str]:
+        """Keys of the same run under the model's older, bit-identical fingerprints (see :func:`fingerprint_aliases`)."""
+        model_fp = (self.fingerprints or {}).get("model")
+        return [self._replace(fingerprints=dict(self.fingerprints, model=older)).key(max_batches, cold_max_count)
+                for older in (fingerprint_aliases(self.model, model_fp) if model_fp else [])]
 
 
 def _write_row(path: str, row: dict) -> None:
@@ -484,15 +524,21 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
             say(f"warning: {warning}")
 
     prefixes = {}  # spec index -> its "[i/n] model seed" label
+    key_args = (options.get("max_batches"), options.get("cold_max_count", DEFAULT_COLD_MAX_COUNT))
 
     def one(index: int, wait: bool = False) -> Optional[dict]:
         """Row of ``specs[index]``; None when another process is training it (``wait=False``: come back later)."""
         spec = specs[index]
-        key = spec.key(options.get("max_batches"), options.get("cold_max_count", DEFAULT_COLD_MAX_COUNT))
+        key = spec.key(*key_args)
         if index not in prefixes:
             prefixes[index] = clock.next(f"{spec.model} seed {spec.seed}" + (f" {_point_text(spec.point)}" if spec.point else ""))
         prefix = prefixes[index]
-        row = None if fresh else cache.get(key)
+        row = None
+        for stored_key in ([] if fresh else [key] + spec.alias_keys(*key_args)):
+            row = cache.get(stored_key)
+            if row is not None:
+                key = stored_key  # the row stays where it is; report and publish name it by that key
+                break
         if row is not None:
             say(f"{prefix}: cached ({key})")
         elif not run_missing:

@@ -190,13 +190,15 @@ class SparsePlan(PaddedBatch):
     """A batch's layout and the masks that depend only on padding, shared by every SAL layer of an encoder.
 
     Window mask ``[B*n_spans, 1, s, 2s]`` (or ``[B, 1, P, P]`` when ``dense_window``), block mask
-    ``[B, 1, P, nq]`` (``P = nq*l``), selection candidates ``[B, nq, nq]``, and per-item realness ``[M]``.
+    ``[B, 1, P, nq]`` (``P = nq*l``; ``[1, 1, P, nq]`` when no block of the batch is all padding; None
+    when ``blocks`` is off), selection candidates ``[B, nq, nq]``, and per-item realness ``[M]``.
     """
 
-    def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32):
+    def __init__(self, real: torch.Tensor, block_size: int, window: int, select_reach: int, dtype=torch.float32,
+                 blocks: bool = True):
         super().__init__(real, block_size, window, select_reach, dtype)
         layout, padded, device = self.layout, self.padded, real.device
-        batch, nq, size = layout.batch, layout.n_blocks, layout.size
+        batch = layout.batch
         if window and layout.dense_window:
             visible = causal_mask(layout.padded, device) & padded[:, None, None, :]  # [B, 1, P, P]
             self.window_mask, self.window_seen = additive_mask(visible, dtype)
@@ -206,8 +208,17 @@ class SparsePlan(PaddedBatch):
             key_ok = torch.cat([F.pad(spans[:, :-1], (0, 0, 1, 0)), spans], -1)  # [B, n_spans, 2s]
             visible = key_ok.view(-1, 1, 1, 2 * span) & window_band_mask(span, layout.window, device)
             self.window_mask, self.window_seen = additive_mask(visible, dtype)
-        visible = complete_block_mask(layout.padded, nq, size, device) & self.valid[:, None, None, :]  # [B, 1, P, nq]
-        block_mask, self.block_seen = additive_mask(visible, dtype)
+        self.block_seen = self.block_chunks = self.block_masks = None
+        if blocks:  # the block branch's masks (``blocks=False``: no layer runs that branch)
+            self._plan_blocks(layout, dtype)
+
+    def _plan_blocks(self, layout: "BlockLayout", dtype) -> None:
+        """Block mask and ``seen``: one ``[1, 1, P, nq]`` mask broadcast over the batch unless a block is all padding."""
+        visible = complete_block_mask(layout.padded, layout.n_blocks, layout.size, self.padded.device)[None, None]
+        if not bool(self.valid.all()):
+            visible = visible & self.valid[:, None, None, :]  # [B, 1, P, nq]
+        block_mask, seen = additive_mask(visible, dtype)
+        self.block_seen = seen.expand(layout.batch, -1, -1, -1)
         self.block_chunks = block_query_chunks(layout)
         self.block_masks = [block_mask[:, :, start:stop, :keys].contiguous() for start, stop, keys in self.block_chunks]
 
@@ -465,10 +476,11 @@ class SparseAttentionAlignment(nn.Module):
         """
         dropout = self.attn_dropout if self.training else 0.0
         if dropout > 0 and self.dropout_type == "dropkey":
+            mask = mask.expand(q.shape[0], -1, -1, -1)  # a mask shared by the batch: each row draws its own drops
             n, _, n_queries, n_keys = mask.shape
             group = query_group or n_queries
             drop = torch.rand(n, 1, n_queries // group, 1, n_keys, device=mask.device) < dropout
-            dropped = mask.view(n, 1, n_queries // group, group, n_keys).masked_fill(drop, float("-inf")).view(-1, n_keys)
+            dropped = mask.reshape(n, 1, n_queries // group, group, n_keys).masked_fill(drop, float("-inf")).view(-1, n_keys)
             lost = (dropped.amax(-1) == float("-inf")).nonzero().squeeze(1)  # rows that lost every key they saw
             dropped[lost] = mask.reshape(-1, n_keys)[lost]
             mask, dropout = dropped.view_as(mask), 0.0
@@ -478,7 +490,7 @@ class SparseAttentionAlignment(nn.Module):
         """The masks of a batch (``real [B, L]`` bool), for this layer and every layer configured like it."""
         window = self.window_size if "window" in self.branches else 0
         reach = self.window_size if self.select_outside_window else 0
-        return SparsePlan(real, self.block_size, window, reach, dtype)
+        return SparsePlan(real, self.block_size, window, reach, dtype, blocks="block" in self.branches)
 
     # ----- dense ablation -----------------------------------------------------------------------------
 
