@@ -384,12 +384,12 @@ def test_a_report_only_invocation_shows_how_far_each_run_in_flight_got(tmp_path,
     rows = runner.execute([flying, fresh, broken], cache, {"threads": 1, "cold_max_count": 5}, run_missing=False)
 
     assert [row["status"] for row in rows] == ["missing"] * 3
-    assert rows[0]["in_flight"] == {"epochs": 3, "valid_curve": [0.05, 0.09, 0.09], "best_valid": 0.09, "best_epoch": 2,
+    assert rows[0]["in_flight"] == {"epochs": 3, "valid_curve": [0.05, 0.09, 0.09], "best_valid": 0.09, "best_epoch": 3,
                                     "train_s_per_epoch": 120.0}
     assert rows[1]["in_flight"] is None and rows[2]["in_flight"] is None
-    assert "in flight: 3 epochs trained, best valid ndcg@10 0.0900 (epoch 2), median 120 s an epoch" in capsys.readouterr().err
+    assert "in flight: 3 epochs trained, best valid ndcg@10 0.0900 (epoch 3), median 120 s an epoch" in capsys.readouterr().err
     header, table = _table_rows("\n".join(report.in_flight_table(rows)), "Model | Seed | Epochs trained")
-    assert table == [["SASRec", "2020", "3", "0.0900 (2)", "120"]]
+    assert table == [["SASRec", "2020", "3", "0.0900 (3)", "120"]]
     assert report.in_flight_table(rows[1:]) == []
 
 
@@ -842,3 +842,16 @@ def test_speed_ratios_only_between_runs_of_one_machine():
     assert other[0]["train_step_ratio"] == pytest.approx(1.0)  # the reference against itself
     unrecorded = report.summarize([run("SASRec", 1, None, 10.0), run("MUFASA", 1, None, 25.0)], ["SASRec", "MUFASA"])
     assert unrecorded[1]["train_step_ratio"] == pytest.approx(2.5)  # rows that predate the record compare as before
+
+
+def test_the_best_epoch_is_the_one_recbole_keeps_also_among_ties():
+    """RecBole's early stopping replaces the best on an equal score, so a row names the last tied maximum."""
+    from recbole.utils import early_stopping
+
+    for curve in ([0.5, 0.75, 0.7, 0.75, 0.74], [0.3, 0.2], [0.1, 0.1, 0.1], [0.2]):
+        best, kept = -math.inf, None
+        for epoch, score in enumerate(curve, 1):
+            best, _, _, updated = early_stopping(score, best, 0, max_step=100)
+            kept = epoch if updated else kept
+        assert pipeline.best_epoch(curve) == kept
+    assert pipeline.best_epoch([]) is None

@@ -84,7 +84,7 @@ def test_the_probe_configurations_cover_every_benchmark_variant_of_the_model():
     geometries = equivalence.PROBE_GEOMETRIES["MUFASA"]
     assert len(configs) % len(geometries) == 0
     assert {"sal_branches": ["window"], **geometries[0]} in configs and {"use_mfl": False, **geometries[1]} in configs
-    assert not any(key in config for config in configs for key in equivalence.GRID_KEYS)
+    assert not any(key in config for config in configs for key in equivalence.PROTOCOL_KEYS)
     assert equivalence.probe_configs("SASRecMM") == [{}]
 
 

@@ -155,6 +155,14 @@ SUITE = ablation.AblationSuite(
         "LayerNorm at lr 0.003": ("CAMMSR", {"norm": "layernorm", "learning_rate": 0.003}),  # SASRec's and SASRecMM's dense lr
         "LayerNorm at dropout 0.5": ("CAMMSR", {"norm": "layernorm", "dropout": 0.5}),  # this and the next: LayerNorm's dropout-0.5 grid points
         "LayerNorm at lr 0.003 dropout 0.5": ("CAMMSR", {"norm": "layernorm", "learning_rate": 0.003, "dropout": 0.5}),
+        "input ID dropout 0.2": ("CAMMSR", {"id_dropout_prob": 0.2}),  # these three: levers on content for rare items
+        "MLP projection": ("CAMMSR", {"projection": "mlp"}),
+        "feature dropout 0.3": ("CAMMSR", {"feature_dropout_prob": 0.3}),
+        "feature dropout 0": ("CAMMSR", {"feature_dropout_prob": 0.0}),
+        "patience 10": ("CAMMSR", {"stopping_step": 10}),  # these two: does the cold-item score follow the stopping epoch?
+        "SASRecMM patience 10": ("SASRecMM", {"stopping_step": 10}),
+        "SASRec patience 10": ("SASRec", {"stopping_step": 10}),
+        "GRU4Rec patience 10": ("GRU4Rec", {"stopping_step": 10}),
         "first-version settings": ("CAMMSR", FIRST_VERSION),
         PRIOR: ("CAMMSR", {"category_prior": True}),
         SINGLE: ("CAMMSR", {}),  # the first modality alone (first_modality_only)

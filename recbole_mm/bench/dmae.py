@@ -43,6 +43,7 @@ SUITE = ablation.AblationSuite(
         "lite w/o MIFU": ("DMAE", {"dmae_mode": "lite", "dmae_mifu": False}),
         "lite w/o decoder": ("DMAE", {"dmae_mode": "lite", "dmae_dist_weight": 0.0}),
         "lite w/o hard negatives": ("DMAE", {"dmae_mode": "lite", "dmae_hard_negs": 0}),
+        "lite patience 10": ("DMAE", {"dmae_mode": "lite", "stopping_step": 10}),  # early stopping 10 evaluations late
     },
 )
 

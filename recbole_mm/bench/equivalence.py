@@ -32,7 +32,8 @@ from typing import Dict, List, Optional
 from recbole_mm.bench.runner import fingerprint_aliases, read_aliases, write_aliases
 
 PROBE_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "equivalence_probe.py")
-GRID_KEYS = ("learning_rate", "dropout")  # a variant's grid keys move its tuning point, not its code path
+# a variant's grid keys move its tuning point and early stopping its epochs, not its code path
+PROTOCOL_KEYS = ("learning_rate", "dropout", "stopping_step")
 # small attention geometries, so that MUFASA's sparse branches all run on histories of 4-10 items; the second
 # fills whole batches (short histories, batches of 4), which takes the layer's no-padding paths
 PROBE_GEOMETRIES = {
@@ -49,7 +50,7 @@ def probe_configs(model: str) -> List[dict]:
     variants = [{}]
     for suite in (mufasa.SUITE, cammsr.SUITE, dmae.SUITE):
         for name, overrides in suite.variants.values():
-            code_keys = {key: value for key, value in overrides.items() if key not in GRID_KEYS}
+            code_keys = {key: value for key, value in overrides.items() if key not in PROTOCOL_KEYS}
             if name == model and code_keys not in variants:
                 variants.append(code_keys)
     return [{**geometry, **variant} for geometry in PROBE_GEOMETRIES.get(model, [{}]) for variant in variants]

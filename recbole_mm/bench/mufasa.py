@@ -44,6 +44,7 @@ SUITE = ablation.AblationSuite(
         "selection may overlap the window": ("MUFASA", {"select_outside_window": False}),
         "w/o fusion (ID only)": ("MUFASA", {"use_mfl": False}),
         "fusion init normal": ("MUFASA", {"fusion_init": "normal"}),
+        "MUFASA patience 10": ("MUFASA", {"stopping_step": 10}),  # early stopping 10 evaluations late
     },
 )
 

@@ -255,8 +255,9 @@ def last_checkpoint(state_dir: str) -> Optional[str]:
 
 
 def best_epoch(curve) -> Optional[int]:
-    """The 1-based epoch of a validation curve's first maximum (the one RecBole keeps), or None."""
-    return curve.index(max(curve)) + 1 if curve else None
+    """The 1-based epoch of a validation curve's last maximum, or None: RecBole's early stopping takes a
+    score equal to the best so far as the new best (``value >= best``), so of tied epochs it keeps the last."""
+    return len(curve) - curve[::-1].index(max(curve)) if curve else None
 
 
 def run_progress(state_dir: str) -> Optional[dict]:
