@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from recbole_mm.bench.runner import fingerprint_aliases, read_aliases, write_aliases
 

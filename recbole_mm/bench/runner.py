@@ -6,7 +6,9 @@
 - :class:`RunSpec` names one run; its :meth:`RunSpec.key` changes whenever anything that shapes the
   run changes: model, seed, config (data folders left out), batch cap, cold threshold, a fingerprint
   of the dataset files and, for plugin models, of the model's source and yaml (so an edited plugin
-  model is re-run and a RecBole baseline is not).
+  model is re-run and a RecBole baseline is not). A change checked to train bit-identically
+  (:mod:`recbole_mm.bench.equivalence`) is recorded as an alias of the older fingerprint, and a run
+  cached under that one is found for the new (:func:`fingerprint_aliases`).
 - :class:`RunCache` keeps one JSON row per finished run: ``<out>/<regime>/runs/<key>.json`` (with the
   run's log next to it), and reads the shipped rows of ``recbole_mm/bench/published/<regime>/runs/``
   too, so the tables of a checkout come back without retraining.
