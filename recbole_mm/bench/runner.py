@@ -329,10 +329,12 @@ def write_aliases(entries: Sequence[dict], path: Optional[str] = None) -> None:
     os.replace(path + ".tmp", path)
 
 
-def fingerprint_aliases(model: str, fingerprint: Optional[str], path: Optional[str] = None) -> List[str]:
+def fingerprint_aliases(model: str, fingerprint: Optional[str], path: Optional[str] = None,
+                        entries: Optional[Sequence[dict]] = None) -> List[str]:
     """Older fingerprints of ``model`` whose code was checked to compute bit-identically to ``fingerprint``'s
-    (:mod:`recbole_mm.bench.equivalence`), following the chain: a run cached under any of them is this run."""
-    entries = [entry for entry in read_aliases(path) if entry["model"] == model]
+    (:mod:`recbole_mm.bench.equivalence`), following the chain: a run cached under any of them is this run.
+    ``entries``: the alias file's entries, already read (default: read ``path``)."""
+    entries = [entry for entry in (read_aliases(path) if entries is None else entries) if entry["model"] == model]
     found, queue = [], [fingerprint]
     while queue:
         current = queue.pop()
@@ -360,11 +362,12 @@ class RunSpec(collections.namedtuple("RunSpec", "model dataset config seed point
         )
         return f"{self.model}_seed{self.seed}_{hashlib.sha1(payload.encode('utf-8')).hexdigest()[:10]}"
 
-    def alias_keys(self, max_batches, cold_max_count) -> List[str]:
-        """Keys of the same run under the model's older, bit-identical fingerprints (see :func:`fingerprint_aliases`)."""
+    def alias_keys(self, max_batches, cold_max_count, aliases: Optional[Sequence[dict]] = None) -> List[str]:
+        """Keys of the same run under the model's older, bit-identical fingerprints (see :func:`fingerprint_aliases`;
+        ``aliases``: the alias file's entries, already read)."""
         model_fp = (self.fingerprints or {}).get("model")
         return [self._replace(fingerprints=dict(self.fingerprints, model=older)).key(max_batches, cold_max_count)
-                for older in (fingerprint_aliases(self.model, model_fp) if model_fp else [])]
+                for older in (fingerprint_aliases(self.model, model_fp, entries=aliases) if model_fp else [])]
 
 
 def _write_row(path: str, row: dict) -> None:
@@ -527,6 +530,7 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
 
     prefixes = {}  # spec index -> its "[i/n] model seed" label
     key_args = (options.get("max_batches"), options.get("cold_max_count", DEFAULT_COLD_MAX_COUNT))
+    aliases = read_aliases()  # once per invocation, not once per run
 
     def one(index: int, wait: bool = False) -> Optional[dict]:
         """Row of ``specs[index]``; None when another process is training it (``wait=False``: come back later)."""
@@ -535,11 +539,11 @@ def execute(specs: Sequence[RunSpec], cache: RunCache, options: dict, *, jobs: i
         if index not in prefixes:
             prefixes[index] = clock.next(f"{spec.model} seed {spec.seed}" + (f" {_point_text(spec.point)}" if spec.point else ""))
         prefix = prefixes[index]
-        row = None
-        for stored_key in ([] if fresh else [key] + spec.alias_keys(*key_args)):
-            row = cache.get(stored_key)
+        row = None if fresh else cache.get(key)
+        for older_key in ([] if fresh or row is not None else spec.alias_keys(*key_args, aliases)):
+            row = cache.get(older_key)
             if row is not None:
-                key = stored_key  # the row stays where it is; report and publish name it by that key
+                key = older_key  # the row stays where it is; report and publish name it by that key
                 break
         if row is not None:
             say(f"{prefix}: cached ({key})")
