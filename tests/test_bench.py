@@ -650,6 +650,29 @@ def test_synthetic_cold_split_keeps_the_planted_walk(tmp_path):
     assert len(info["fingerprint"]) == 12
 
 
+def test_cold_validation_set_changes_only_validation_targets(tmp_path):
+    """`planted-cold-valid`: the training sequences and test targets of `planted-cold`, with cold
+    validation targets of the planted cluster for about half the users (fails without the option)."""
+    small = dict(n_users=200, n_items=80, n_clusters=10, seq_len=(6, 12))
+    plain, _, _ = synthetic.build(str(tmp_path / "plain"), generator=small)
+    valid, _, info = synthetic.build(str(tmp_path / "valid"), name=synthetic.VALID_NAME, generator=small)
+
+    def histories(planted):
+        _, rows = synthetic._read_histories(os.path.join(planted.folder, f"{planted.name}.inter"))
+        return {user: [int(row[1]) - 1 for row in user_rows] for user, user_rows in rows.items()}
+
+    old, new = histories(plain), histories(valid)
+    assert all(new[user][:-2] == old[user][:-2] and new[user][-1] == old[user][-1] for user in old)
+    original = write_planted_dataset(str(tmp_path / "orig"), name=synthetic.NAME, **dict(synthetic.GENERATOR, **small))
+    cold = set(int(i) for items in synthetic._cold_items(original, synthetic.COLD_SPLIT["cold_per_cluster"]).values() for i in items)
+    changed = [user for user in old if new[user][-2] != old[user][-2]]
+    assert all(new[user][-2] in cold and valid.item_cluster[new[user][-2]] == valid.item_cluster[old[user][-2]] for user in changed)
+    cold_valid = sum(new[user][-2] in cold for user in new)
+    assert cold_valid >= info["cold_valid_users"] >= len(changed) > 0.3 * len(new)
+    assert sum(old[user][-2] in cold for user in old) < 0.2 * len(old)
+    assert "validation targets replaced" in synthetic.describe(info)[0]
+
+
 @pytest.mark.slow
 def test_attention_scaling_script_writes_its_table(tmp_path, capsys):
     """The scaling benchmark end to end at toy sizes: one subprocess per (implementation, length)."""

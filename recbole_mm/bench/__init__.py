@@ -2,7 +2,7 @@
 
 Modules, each importing only the ones listed before it:
 
-- :mod:`.profiles`: the shared protocol, budgets, the four regimes, the tuning grid;
+- :mod:`.profiles`: the shared protocol, budgets, the regimes, the tuning grid;
 - :mod:`.measure`: rankings under both protocols, per-user NDCG@10, cold / history metrics,
   memory; the metric key constants;
 - :mod:`.stats`: paired bootstrap CI / Wilcoxon of per-user metrics, the better / worse / tie verdict;

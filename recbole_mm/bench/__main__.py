@@ -1,4 +1,4 @@
-"""``python -m recbole_mm.bench``: compare models under one protocol; the four benchmark regimes.
+"""``python -m recbole_mm.bench``: compare models under one protocol; the benchmark regimes.
 
 Regimes (every model tuned alike on ``dense``, then seeds at its best validation point)::
 
@@ -7,6 +7,7 @@ Regimes (every model tuned alike on ``dense``, then seeds at its best validation
     python -m recbole_mm.bench --regime long --threads 1 --jobs 2                 # L=200, 2 seeds, dense's points
     python -m recbole_mm.bench --regime sparse --threads 1 --jobs 2               # most recent ratings only
     python -m recbole_mm.bench --regime cold --threads 1 --jobs 2                 # planted cold items
+    python -m recbole_mm.bench --regime cold-valid --threads 1 --jobs 2           # ... cold in validation too
     python -m recbole_mm.bench --regime dense --report-only                       # the tables from the cache
     python -m recbole_mm.bench --regime dense --publish                           # ship the rows with the repo
 
@@ -16,7 +17,9 @@ Regimes (every model tuned alike on ``dense``, then seeds at its best validation
 - ``sparse``: ``<out>/ml-100k-mm-sparse/``, each user's most recent ratings only (the largest cut
   whose median item has at most 5 training interactions; :mod:`recbole_mm.bench.sparse`);
 - ``cold``: ``<out>/planted-cold/``, the planted synthetic set with cold test items, histories of
-  20, RecBole's ranking as headline (its users repeat items).
+  20, RecBole's ranking as headline (its users repeat items);
+- ``cold-valid``: ``<out>/planted-cold-valid/``, the same training sequences and test targets, with
+  half the users' validation targets cold as well, so early stopping sees the cold items.
 
 Both ranking protocols are reported from the same trained models, with the share of test targets
 that repeat the input history, and each model's per-user NDCG@10 against SASRec with a paired

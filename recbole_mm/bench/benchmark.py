@@ -206,9 +206,9 @@ def dataset_folder(dataset: str, data_path: Optional[str], base_config: dict) ->
 def prepare_data(dataset: str, out_dir: str, data_path: Optional[str], base_config: dict):
     """Build a generated dataset when ``dataset`` names one; return ``(data_path, base_config, notes, fingerprint)``."""
     notes = []
-    if dataset == synthetic.NAME:
-        data_path = os.path.join(out_dir, synthetic.NAME, "data")
-        _, synthetic_config, info = synthetic.build(data_path)
+    if dataset in synthetic.SPLITS:
+        data_path = os.path.join(out_dir, dataset, "data")
+        _, synthetic_config, info = synthetic.build(data_path, name=dataset)
         base_config = dict(synthetic_config, **base_config)
         notes = synthetic.describe(info)
     elif dataset == sparse.NAME:

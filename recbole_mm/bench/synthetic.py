@@ -9,7 +9,10 @@ in it. On top of that, :func:`make_cold_split` turns part of the catalogue into 
   ``cold_cap`` times in every user's history but the last item (a cold item's later appearances
   are replaced by a warm item of the same cluster, so the planted cluster walk is unchanged);
 - for a ``cold_target_fraction`` of users the test target (the last item) is replaced by a cold
-  item of the same cluster.
+  item of the same cluster;
+- for a ``cold_valid_fraction`` of users (drawn apart, 0 in ``planted-cold``) the validation target
+  (the item before the last) is replaced the same way, so that early stopping and tuning see cold
+  items too. Training sequences and test targets are those of ``planted-cold`` byte for byte.
 
 An ID-only model has seen a cold item at most ``cold_cap`` times and cannot rank it; a model that
 reads the modalities knows its cluster from its content. The report's cold-item table
@@ -17,7 +20,8 @@ reads the modalities knows its cluster from its content. The report's cold-item 
 that uses features actually exploits them.
 
 ``python -m recbole_mm.bench --regime cold`` (tuned, seeds) or ``--dataset planted-cold`` (one
-budget) runs the benchmark on it.
+budget) runs the benchmark on it; ``--regime cold-valid`` / ``--dataset planted-cold-valid`` on the
+set with cold validation targets.
 """
 
 import dataclasses
@@ -42,6 +46,10 @@ GENERATOR = dict(
     seed=7,
 )
 COLD_SPLIT = dict(cold_per_cluster=1, cold_cap=2, cold_target_fraction=0.5, seed=11)
+# `planted-cold`'s validation targets are warm, so a model's validation score cannot see the cold-item
+# column it is judged on; the second set gives half the users a cold validation target as well.
+VALID_NAME = "planted-cold-valid"
+SPLITS = {NAME: COLD_SPLIT, VALID_NAME: dict(COLD_SPLIT, cold_valid_fraction=0.5, valid_seed=12)}
 FEATURES = ["category"]  # the planted cluster as a token field, for FDSA / SASRecF
 # protocol keys of planted_config that the benchmark profile sets itself
 _PROTOCOL_KEYS = ("MAX_ITEM_LIST_LENGTH", "metrics", "topk", "valid_metric", "seed", "state", "eval_args", "train_neg_sample_args")
@@ -68,8 +76,23 @@ def _cold_items(planted: PlantedDataset, per_cluster: int) -> Dict[int, np.ndarr
     return cold
 
 
-def make_cold_split(planted: PlantedDataset, cold_per_cluster=2, cold_cap=2, cold_target_fraction=0.5, seed=11):
-    """Rewrite ``<name>.inter`` with cold items and cold test targets (see the module docstring).
+def _cold_validation_targets(histories, planted: PlantedDataset, cold_by_cluster, fraction: float, seed: int) -> int:
+    """Replace the validation target (the item before the last) of a ``fraction`` of users by a cold
+    item of its cluster, with a generator of its own so the test side stays as it was; returns how many."""
+    rng = np.random.default_rng(seed)
+    replaced = 0
+    for rows in histories.values():
+        if rng.random() < fraction and len(rows) >= 3:  # RecBole's leave-one-out needs a training item first
+            cluster = int(planted.item_cluster[int(rows[-2][1]) - 1])
+            rows[-2][1] = str(int(rng.choice(cold_by_cluster[cluster])) + 1)
+            replaced += 1
+    return replaced
+
+
+def make_cold_split(planted: PlantedDataset, cold_per_cluster=2, cold_cap=2, cold_target_fraction=0.5, seed=11,
+                    cold_valid_fraction=0.0, valid_seed=12):
+    """Rewrite ``<name>.inter`` with cold items, cold test targets and, with ``cold_valid_fraction``,
+    cold validation targets (see the module docstring).
 
     Returns the planted dataset with updated ``item_count`` and a dict describing the split.
     """
@@ -93,6 +116,7 @@ def make_cold_split(planted: PlantedDataset, cold_per_cluster=2, cold_cap=2, col
             cluster = int(planted.item_cluster[int(rows[-1][1]) - 1])
             rows[-1][1] = str(int(rng.choice(cold_by_cluster[cluster])) + 1)
             cold_targets += 1
+    cold_valid = _cold_validation_targets(histories, planted, cold_by_cluster, cold_valid_fraction, valid_seed) if cold_valid_fraction else 0
     item_count = np.zeros_like(planted.item_count)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(header)
@@ -101,6 +125,8 @@ def make_cold_split(planted: PlantedDataset, cold_per_cluster=2, cold_cap=2, col
                 item_count[int(row[1]) - 1] += 1
                 handle.write("\t".join(row) + "\n")
     info = {"cold_items": len(cold), "cold_cap": cold_cap, "cold_test_users": cold_targets, "users": len(histories)}
+    if cold_valid_fraction:
+        info["cold_valid_users"] = cold_valid
     return dataclasses.replace(planted, item_count=item_count), info
 
 
@@ -112,7 +138,7 @@ def build(data_path: str, name: str = NAME, generator: dict = None, cold_split: 
     fingerprint of the written interactions (so cached runs of an older set are not reused).
     """
     generator = dict(GENERATOR, **(generator or {}))
-    cold_split = dict(COLD_SPLIT, **(cold_split or {}))
+    cold_split = dict(SPLITS.get(name, COLD_SPLIT), **(cold_split or {}))
     planted = write_planted_dataset(data_path, name=name, **generator)
     planted, info = make_cold_split(planted, **cold_split)
     config = planted_config(planted, data_path)
@@ -120,19 +146,21 @@ def build(data_path: str, name: str = NAME, generator: dict = None, cold_split: 
         config.pop(key, None)
     with open(os.path.join(planted.folder, f"{name}.inter"), "rb") as handle:
         info["fingerprint"] = hashlib.sha1(handle.read()).hexdigest()[:12]
-    info["generator"], info["split"] = generator, cold_split
+    info["generator"], info["split"], info["name"] = generator, cold_split, name
     return planted, config, info
 
 
 def describe(info: dict) -> List[str]:
     """Lines for the report's header."""
     g = info["generator"]
+    valid = (f" {info['cold_valid_users']} of {info['users']} validation targets replaced the same way "
+             f"(so early stopping sees cold items)." if info.get("cold_valid_users") else "")
     return [
-        f"Synthetic set `{NAME}` from `write_planted_dataset` ({g['n_users']} users, {g['n_items']} items in "
+        f"Synthetic set `{info.get('name', NAME)}` from `write_planted_dataset` ({g['n_users']} users, {g['n_items']} items in "
         f"{g['n_clusters']} clusters, modalities {g['modalities']}, Zipf exponent {g['popularity_exponent']}, seed {g['seed']}), "
         f"then a cold split: {info['cold_items']} cold items (the {info['split']['cold_per_cluster']} least popular per cluster, "
         f"each at most {info['cold_cap']} times in training), {info['cold_test_users']} of {info['users']} test targets "
-        f"replaced by a cold item of the same cluster. Ground truth: the next item's cluster follows the previous one's, "
+        f"replaced by a cold item of the same cluster.{valid} Ground truth: the next item's cluster follows the previous one's, "
         f"and content reveals the cluster, so models that read features should win on cold users."
     ]
 
