@@ -673,6 +673,18 @@ def test_cold_validation_set_changes_only_validation_targets(tmp_path):
     assert "validation targets replaced" in synthetic.describe(info)[0]
 
 
+def test_cold_valid_regime_builds_its_own_set(tmp_path):
+    """``--regime cold-valid`` builds `planted-cold-valid` under the results folder, beside `cold`'s set."""
+    from recbole_mm.bench import benchmark
+    from recbole_mm.bench.profiles import REGIMES
+
+    regime = REGIMES["cold-valid"]
+    assert regime.dataset == synthetic.VALID_NAME and regime.profile.max_len == REGIMES["cold"].profile.max_len
+    data_path, config, notes, fingerprint = benchmark.prepare_data(regime.dataset, str(tmp_path), None, {})
+    assert os.path.isfile(os.path.join(data_path, synthetic.VALID_NAME, f"{synthetic.VALID_NAME}.inter"))
+    assert "validation targets replaced" in notes[0] and fingerprint
+
+
 @pytest.mark.slow
 def test_attention_scaling_script_writes_its_table(tmp_path, capsys):
     """The scaling benchmark end to end at toy sizes: one subprocess per (implementation, length)."""
