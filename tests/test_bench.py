@@ -673,6 +673,37 @@ def test_cold_validation_set_changes_only_validation_targets(tmp_path):
     assert "validation targets replaced" in synthetic.describe(info)[0]
 
 
+def test_generated_sets_are_not_rewritten_under_running_jobs(tmp_path):
+    """A second build of the same set leaves the installed files alone (another invocation's runs may
+    be reading them: an in-place rewrite once let a run load 425 of 1,500 users); a changed set replaces
+    them whole. Fails with the former in-place writes (the files' inodes and mtimes change)."""
+    from recbole_mm.bench import sparse
+    from recbole_mm.bench.runner import install_folder
+
+    small = dict(n_users=60, n_items=40, n_clusters=5, seq_len=(6, 9))
+    planted, _, _ = synthetic.build(str(tmp_path / "data"), generator=small)
+    inter = os.path.join(planted.folder, f"{synthetic.NAME}.inter")
+    before = os.stat(inter)
+    again, _, _ = synthetic.build(str(tmp_path / "data"), generator=small)
+    after = os.stat(inter)
+    assert again.folder == planted.folder and (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(os.listdir(tmp_path / "data")) == [synthetic.NAME]  # no staging folder left behind
+    changed, _, _ = synthetic.build(str(tmp_path / "data"), generator=dict(small, seed=8))
+    assert os.stat(inter).st_ino != before.st_ino and changed.folder == planted.folder
+
+    sparse.build(str(tmp_path / "sparse"))
+    cut = os.path.join(tmp_path, "sparse", sparse.NAME, f"{sparse.NAME}.inter")
+    first = os.stat(cut)
+    sparse.build(str(tmp_path / "sparse"))
+    assert (os.stat(cut).st_ino, os.stat(cut).st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+
+    built = tmp_path / "built" / "set"
+    built.mkdir(parents=True)
+    (built / "a.txt").write_text("new")
+    kept = tmp_path / "kept"
+    assert install_folder(str(tmp_path / "built"), str(kept), compare="set") and (kept / "set" / "a.txt").read_text() == "new"
+
+
 def test_cold_valid_regime_builds_its_own_set(tmp_path):
     """``--regime cold-valid`` builds `planted-cold-valid` under the results folder, beside `cold`'s set."""
     from recbole_mm.bench import benchmark

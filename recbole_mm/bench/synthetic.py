@@ -27,6 +27,8 @@ set with cold validation targets.
 import dataclasses
 import hashlib
 import os
+import shutil
+import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -133,14 +135,26 @@ def make_cold_split(planted: PlantedDataset, cold_per_cluster=2, cold_cap=2, col
 def build(data_path: str, name: str = NAME, generator: dict = None, cold_split: dict = None):
     """Write the set under ``<data_path>/<name>/``; return ``(planted, config_dict, info)``.
 
+    The set is written to a staging folder and replaces ``<data_path>/<name>/`` only when its files
+    differ, so runs of another invocation reading the set are never disturbed.
     ``config_dict`` holds the dataset keys (data_path, load_col, modalities, category_field);
     the benchmark profile adds the protocol. ``info`` describes the cold split and carries a
     fingerprint of the written interactions (so cached runs of an older set are not reused).
     """
+    from recbole_mm.bench.runner import install_folder
+
     generator = dict(GENERATOR, **(generator or {}))
     cold_split = dict(SPLITS.get(name, COLD_SPLIT), **(cold_split or {}))
-    planted = write_planted_dataset(data_path, name=name, **generator)
-    planted, info = make_cold_split(planted, **cold_split)
+    os.makedirs(data_path, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".staging_", dir=data_path)  # built apart, installed only if it differs
+    try:
+        planted = write_planted_dataset(staging, name=name, **generator)
+        planted, info = make_cold_split(planted, **cold_split)
+        folder = os.path.join(data_path, name)
+        install_folder(planted.folder, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    planted = dataclasses.replace(planted, folder=folder)
     config = planted_config(planted, data_path)
     for key in _PROTOCOL_KEYS:
         config.pop(key, None)

@@ -34,7 +34,7 @@ from recbole_mm.bench.measure import same_machine
 from recbole_mm.bench.pipeline import say
 from recbole_mm.bench.report import cold_user_set
 from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
-from recbole_mm.bench.runner import RunSpec, data_fingerprint, execute, model_fingerprint
+from recbole_mm.bench.runner import RunSpec, data_fingerprint, execute, install_folder, model_fingerprint
 
 DEFAULT_SEEDS = 2
 
@@ -53,10 +53,6 @@ def effective_overrides(model: str, overrides: dict) -> dict:
 
 
 OWN_DATA_FOLDER = "data"  # <out>/<regime>/data/<variant>/<dataset>/: the copies own-data variants train on
-
-
-def _same_files(folder_a: str, folder_b: str) -> bool:
-    return os.path.isdir(folder_a) and data_fingerprint(folder_a) == data_fingerprint(folder_b)
 
 
 def own_data_paths(suite, table, names: Sequence[str], args) -> Dict[str, str]:
@@ -78,9 +74,7 @@ def own_data_paths(suite, table, names: Sequence[str], args) -> Dict[str, str]:
         try:
             built = suite.data_path_for(hook_args, name, config, staging)
             kept = os.path.join(folder, os.path.basename(built))
-            if not _same_files(os.path.join(kept, table.dataset), os.path.join(built, table.dataset)):
-                shutil.rmtree(kept, ignore_errors=True)
-                os.replace(built, kept)
+            install_folder(built, kept, compare=table.dataset)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         paths[name] = kept
