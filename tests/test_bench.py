@@ -678,7 +678,7 @@ def test_generated_sets_are_not_rewritten_under_running_jobs(tmp_path):
     be reading them: an in-place rewrite once let a run load 425 of 1,500 users); a changed set replaces
     them whole. Fails with the former in-place writes (the files' inodes and mtimes change)."""
     from recbole_mm.bench import sparse
-    from recbole_mm.bench.runner import install_folder
+    from recbole_mm.bench.folders import install_folder
 
     small = dict(n_users=60, n_items=40, n_clusters=5, seq_len=(6, 9))
     planted, _, _ = synthetic.build(str(tmp_path / "data"), generator=small)

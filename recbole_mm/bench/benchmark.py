@@ -17,13 +17,14 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import yaml
 
 from recbole_mm.bench import report, sparse, synthetic
+from recbole_mm.bench.folders import data_fingerprint
 from recbole_mm.bench.measure import NOT_RUN
 from recbole_mm.bench.pipeline import error_text, say
 from recbole_mm.bench.profiles import (
     FIRST_SEED, TUNING_REGIME, Profile, get_regime, grid_points, model_config, point_config,
 )
 from recbole_mm.bench.runner import (
-    DEFAULT_COLD_MAX_COUNT, PUBLISHED_DIR, RunCache, RunSpec, data_fingerprint, execute, failed_row, model_fingerprint,
+    DEFAULT_COLD_MAX_COUNT, PUBLISHED_DIR, RunCache, RunSpec, execute, failed_row, model_fingerprint,
 )
 
 

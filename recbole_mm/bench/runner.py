@@ -231,33 +231,6 @@ def worker_main() -> None:
 # ----- fingerprints ---------------------------------------------------------------------------
 
 
-def data_fingerprint(folder: str) -> str:
-    """sha1 (12 hex) of every file of a dataset folder, names and contents."""
-    digest = hashlib.sha1()
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if os.path.isfile(path):
-            digest.update(name.encode("utf-8") + b"\0")
-            with open(path, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()[:12]
-
-
-def install_folder(built: str, kept: str, compare: str = "") -> bool:
-    """Move the freshly built folder ``built`` to ``kept`` unless ``kept`` already holds the same files
-    (compared in their ``compare`` subfolder); return whether it moved. Runs of another invocation may be
-    reading ``kept``: rewriting it in place, even with the same bytes, lets one of them load a
-    half-written file (it happened: a run read 425 of 1,500 users' sequences)."""
-    new, old = os.path.join(built, compare), os.path.join(kept, compare)
-    if os.path.isdir(old) and data_fingerprint(new) == data_fingerprint(old):
-        shutil.rmtree(built, ignore_errors=True)
-        return False
-    shutil.rmtree(kept, ignore_errors=True)
-    os.replace(built, kept)
-    return True
-
-
 def _local_imports(path: str, prefixes: Sequence[str]) -> List[str]:
     """Modules under ``prefixes`` that the source file ``path`` imports."""
     with open(path, encoding="utf-8") as handle:

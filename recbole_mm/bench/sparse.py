@@ -12,11 +12,12 @@ vectors stay as they are, so most items are known to a model mainly through thei
 
 import os
 import shutil
-import tempfile
 from typing import Optional, Tuple
 
 import numpy as np
 import pandas as pd
+
+from recbole_mm.bench.folders import build_and_install
 
 SOURCE = "ml-100k-mm"
 NAME = "ml-100k-mm-sparse"
@@ -71,23 +72,15 @@ def choose_keep(frame: pd.DataFrame, from_end: np.ndarray, max_median: float = M
     return best
 
 
-def _write_cut(kept, source_folder: str, source: str, root: str, name: str) -> None:
-    """``<root>/<name>/``: the kept interactions and the source's other files, built in a staging folder
-    and installed only when they differ (runs of another invocation may be reading the set)."""
-    from recbole_mm.bench.runner import install_folder
-
-    os.makedirs(root, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging_", dir=root)
-    try:
-        built = os.path.join(staging, name)
-        os.makedirs(built)
-        kept.to_csv(os.path.join(built, f"{name}.inter"), sep="\t", index=False, lineterminator="\n")
-        for entry in sorted(os.listdir(source_folder)):
-            if entry.startswith(source + ".") and not entry.endswith(".inter"):
-                shutil.copyfile(os.path.join(source_folder, entry), os.path.join(built, name + entry[len(source):]))
-        install_folder(built, os.path.join(root, name))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _write_cut(kept, source_folder: str, source: str, staging: str, name: str) -> str:
+    """``<staging>/<name>/``: the kept interactions and the source's other files; returns its path."""
+    folder = os.path.join(staging, name)
+    os.makedirs(folder)
+    kept.to_csv(os.path.join(folder, f"{name}.inter"), sep="\t", index=False, lineterminator="\n")
+    for entry in sorted(os.listdir(source_folder)):
+        if entry.startswith(source + ".") and not entry.endswith(".inter"):
+            shutil.copyfile(os.path.join(source_folder, entry), os.path.join(folder, name + entry[len(source):]))
+    return folder
 
 
 def build(root: str, source_root: Optional[str] = None, source: str = SOURCE, name: str = NAME,
@@ -105,7 +98,7 @@ def build(root: str, source_root: Optional[str] = None, source: str = SOURCE, na
     from_end = recency_order(frame)
     keep = choose_keep(frame, from_end, max_median)
     kept = frame[from_end < keep]
-    _write_cut(kept, source_folder, source, root, name)
+    build_and_install(root, lambda staging: _write_cut(kept, source_folder, source, staging, name))  # never rewritten in place
     user, item, _ = _columns(frame)
     return {
         "source": source, "keep": keep, "users": int(kept[user].nunique()), "items": int(kept[item].nunique()),

@@ -27,12 +27,11 @@ set with cold validation targets.
 import dataclasses
 import hashlib
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from recbole_mm.bench.folders import build_and_install
 from recbole_mm.bench.planted import PlantedDataset, planted_config, write_planted_dataset
 
 NAME = "planted-cold"
@@ -141,20 +140,16 @@ def build(data_path: str, name: str = NAME, generator: dict = None, cold_split: 
     the benchmark profile adds the protocol. ``info`` describes the cold split and carries a
     fingerprint of the written interactions (so cached runs of an older set are not reused).
     """
-    from recbole_mm.bench.runner import install_folder
-
     generator = dict(GENERATOR, **(generator or {}))
     cold_split = dict(SPLITS.get(name, COLD_SPLIT), **(cold_split or {}))
-    os.makedirs(data_path, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".staging_", dir=data_path)  # built apart, installed only if it differs
-    try:
-        planted = write_planted_dataset(staging, name=name, **generator)
-        planted, info = make_cold_split(planted, **cold_split)
-        folder = os.path.join(data_path, name)
-        install_folder(planted.folder, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    planted = dataclasses.replace(planted, folder=folder)
+    made = {}
+
+    def write(staging: str) -> str:
+        made["planted"], made["info"] = make_cold_split(write_planted_dataset(staging, name=name, **generator), **cold_split)
+        return made["planted"].folder
+
+    folder = build_and_install(data_path, write)
+    planted, info = dataclasses.replace(made["planted"], folder=folder), made["info"]
     config = planted_config(planted, data_path)
     for key in _PROTOCOL_KEYS:
         config.pop(key, None)

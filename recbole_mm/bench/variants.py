@@ -22,19 +22,18 @@ with the clean model holds.
 import argparse
 import os
 import re
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from recbole_mm import resources
 from recbole_mm.bench import benchmark, stats
+from recbole_mm.bench.folders import build_and_install, data_fingerprint
 from recbole_mm.bench.measure import same_machine
 from recbole_mm.bench.pipeline import say
 from recbole_mm.bench.report import cold_user_set
 from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
-from recbole_mm.bench.runner import RunSpec, data_fingerprint, execute, install_folder, model_fingerprint
+from recbole_mm.bench.runner import RunSpec, execute, model_fingerprint
 
 DEFAULT_SEEDS = 2
 
@@ -66,18 +65,11 @@ def own_data_paths(suite, table, names: Sequence[str], args) -> Dict[str, str]:
         return {}
     hook_args = argparse.Namespace(**{**vars(args), "data_path": table.data_path})
     folder = os.path.join(table.results_dir, OWN_DATA_FOLDER)
-    os.makedirs(folder, exist_ok=True)
     paths = {}
     for name in own:
         config = {**table.base_config, **suite.variants[name][1]}
-        staging = tempfile.mkdtemp(prefix=".staging_", dir=folder)
-        try:
-            built = suite.data_path_for(hook_args, name, config, staging)
-            kept = os.path.join(folder, os.path.basename(built))
-            install_folder(built, kept, compare=table.dataset)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        paths[name] = kept
+        paths[name] = build_and_install(folder, lambda staging: suite.data_path_for(hook_args, name, config, staging),
+                                        compare=table.dataset)
     return paths
 
 
