@@ -1,6 +1,7 @@
 """MUFASA: trains through stock RecBole, its four fusion losses behave (hand-computed values), it is causal,
 it fuses once per step, and its sparse attention recalls an item beyond the reach of window-only attention."""
 
+import logging
 import math
 
 import pytest
@@ -138,6 +139,18 @@ def test_fusion_init_starts_the_content_part_at_the_id_scale(tiny_config):
 def test_bad_config_values_are_rejected(tiny_config, key, value):
     with pytest.raises(ValueError, match=key):
         _model(tiny_config(**{key: value}))
+
+
+@pytest.mark.parametrize("overrides,warned", [
+    (dict(window_size=10), True),  # histories of at most 10 items: the window sees them all
+    (dict(window_size=4, block_size=2), False),  # the block and select branches reach beyond the window
+    (dict(window_size=10, attention="dense"), False),
+    (dict(window_size=10, sal_branches=["window"]), False),
+])
+def test_warns_when_the_window_covers_the_whole_history(tiny_config, caplog, overrides, warned):
+    with caplog.at_level(logging.WARNING):
+        _model(tiny_config(MAX_ITEM_LIST_LENGTH=10, **overrides))
+    assert any("already sees the whole history" in record.getMessage() for record in caplog.records) == warned
 
 
 def test_losses_are_off_by_default(tiny_config):
