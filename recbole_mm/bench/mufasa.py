@@ -24,6 +24,8 @@ import sys
 
 from recbole_mm.bench import ablation
 
+ALL_FOUR_LOSSES = {"cga_weight": 0.1, "col_weight": 0.1, "sim_weight": 0.05, "dist_weight": 0.01}  # their former defaults
+
 SUITE = ablation.AblationSuite(
     name="mufasa",
     description=__doc__,
@@ -38,7 +40,7 @@ SUITE = ablation.AblationSuite(
         "+ collaborative loss": ("MUFASA", {"col_weight": 0.1}),
         "+ similarity loss": ("MUFASA", {"sim_weight": 0.05}),
         "+ distribution loss": ("MUFASA", {"dist_weight": 0.01}),
-        "+ all four losses": ("MUFASA", {"cga_weight": 0.1, "col_weight": 0.1, "sim_weight": 0.05, "dist_weight": 0.01}),
+        "+ all four losses": ("MUFASA", ALL_FOUR_LOSSES),
         "w/o SAL (dense)": ("MUFASA", {"attention": "dense"}),
         "window-only SAL": ("MUFASA", {"sal_branches": ["window"]}),
         "selection may overlap the window": ("MUFASA", {"select_outside_window": False}),
@@ -46,6 +48,8 @@ SUITE = ablation.AblationSuite(
         "fusion init normal": ("MUFASA", {"fusion_init": "normal"}),
         "at dropout 0.5": ("MUFASA", {"dropout": 0.5}),  # this and the next: cold-valid's own grid point (lr 0.003 as on dense)
         "w/o SAL (dense) at dropout 0.5": ("MUFASA", {"attention": "dense", "dropout": 0.5}),
+        "w/o SAL (dense) + all four losses": ("MUFASA", {"attention": "dense", **ALL_FOUR_LOSSES}),
+        "w/o SAL (dense) + all four losses at dropout 0.5": ("MUFASA", {"attention": "dense", "dropout": 0.5, **ALL_FOUR_LOSSES}),
         "MUFASA patience 10": ("MUFASA", {"stopping_step": 10}),  # early stopping 10 evaluations late
     },
 )
