@@ -151,6 +151,34 @@ def test_a_variant_that_moves_a_grid_key_runs_and_records_its_own_point():
     assert tuning["CAMMSR"]["chosen"]["learning_rate"] == 0.001  # the tuned point itself is untouched
 
 
+def test_set_under_regime_applies_to_every_variant_and_moves_the_point():
+    """``--set`` reaches every variant under --regime (it was ignored there): a grid key moves each
+    variant's point, any other key joins its config; without --set nothing changes."""
+    import argparse
+
+    from recbole_mm.bench import variants
+
+    class Table:
+        dataset, data_fingerprint = "tiny", "data"
+
+        @staticmethod
+        def config(model, point):
+            return {"learning_rate": point["learning_rate"], "hidden_dropout_prob": point["dropout"]}
+
+    tuning = {"CAMMSR": {"chosen": {"learning_rate": 0.001, "dropout": 0.2}}}
+    names = ["CAMMSR", "w/o swap CL"]
+    args = argparse.Namespace(overrides=["learning_rate=0.003", "dropout=0.5", "stopping_step=10"])
+    moved = dict(variants.variant_specs(cammsr.SUITE, Table, tuning, names, [2020], args))
+    plain = dict(variants.variant_specs(cammsr.SUITE, Table, tuning, names, [2020], argparse.Namespace(overrides=[])))
+    for name in names:
+        assert moved[name].point == {"learning_rate": 0.003, "dropout": 0.5} and moved[name].config["stopping_step"] == 10
+        assert moved[name].config["hidden_dropout_prob"] == 0.5 and "dropout" not in moved[name].config
+        assert plain[name].point == {"learning_rate": 0.001, "dropout": 0.2} and "stopping_step" not in plain[name].config
+    assert moved["w/o swap CL"].config["cl_weight"] == 0.0  # the variant's own change stays
+    assert "with learning_rate=0.003, dropout=0.5, stopping_step=10 for every variant" in variants.markdown(
+        cammsr.SUITE, {}, "CAMMSR", "cold-valid", [2020], args)
+
+
 def test_regime_noise_variant_trains_on_its_own_copy_paired_with_the_clean_model(tiny_planted, tmp_path, monkeypatch):
     """Under --regime the category-noise variant gets a kept copy of the regime's data (its runs read
     that folder and are keyed by its fingerprint), and pairs with clean CAMMSR on the same users."""

@@ -106,7 +106,7 @@ def test_cli_overrides_profile():
     assert cli.build_profile(cli.parse_args(["--dataset", "x"])).name == "full"
     medium = cli.build_profile(cli.parse_args(["--dataset", "x", "--profile", "medium"]))
     assert medium.max_batches is None and medium.epochs > get_profile("quick").epochs  # whole epochs to early stopping
-    assert cli._parse_overrides(["n_layers=1", "fusion=gated"]) == {"n_layers": 1, "fusion": "gated"}
+    assert cli.parse_overrides(["n_layers=1", "fusion=gated"]) == {"n_layers": 1, "fusion": "gated"}
     with pytest.raises(SystemExit, match="--own-grid tunes"):
         cli.main(["--regime", "sparse", "--own-grid", "--untuned"])
 

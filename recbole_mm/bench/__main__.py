@@ -42,12 +42,10 @@ quality_vs_time.png, and runs/ (one JSON + log per finished run; a rerun skips t
 import argparse
 import sys
 
-import yaml
-
 from recbole_mm.bench import synthetic
 from recbole_mm.bench.benchmark import MissingTuning, make_table, read_yaml, run_regime, run_table
 from recbole_mm.bench.pipeline import exit_status
-from recbole_mm.bench.profiles import DEFAULT_MODELS, PROFILES, REGIMES, TUNING_REGIME, get_profile
+from recbole_mm.bench.profiles import DEFAULT_MODELS, PROFILES, REGIMES, TUNING_REGIME, get_profile, parse_overrides
 from recbole_mm.bench.runner import DEFAULT_COLD_MAX_COUNT
 
 DEFAULT_DATASET = "ml-100k-mm"
@@ -98,16 +96,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def _parse_overrides(pairs):
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
-
-
 def profile_changes(args) -> dict:
     """The budget flags given on the command line (``None``: not given)."""
     return dict(seeds=args.seeds, epochs=args.epochs, stopping_step=args.stopping_step, max_len=args.max_len,
@@ -119,7 +107,7 @@ def build_profile(args):
 
 
 def _run_options(args) -> dict:
-    return dict(overrides=_parse_overrides(args.overrides), cold_max_count=args.cold_max_count, imports=args.imports,
+    return dict(overrides=parse_overrides(args.overrides), cold_max_count=args.cold_max_count, imports=args.imports,
                 threads=args.threads, isolate=not args.in_process, timeout=args.timeout, progress=not args.quiet,
                 jobs=args.jobs, fresh=args.fresh, run_missing=not args.report_only,
                 features=args.features.split(",") if args.features else None)

@@ -18,11 +18,9 @@ import sys
 import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import yaml
-
 from recbole_mm.bench.pipeline import exit_status
 from recbole_mm.bench.runner import map_stoppable, run_model
-from recbole_mm.bench.profiles import FIRST_SEED, REGIMES, get_profile, model_config
+from recbole_mm.bench.profiles import FIRST_SEED, REGIMES, get_profile, model_config, parse_overrides
 
 Variants = Dict[str, Tuple[str, dict]]  # variant name -> (RecBole / plugin model, config overrides)
 
@@ -85,17 +83,6 @@ def parse_args(suite: AblationSuite, argv=None) -> argparse.Namespace:
     for flag, options in (*COMMON_OPTIONS, *suite.extra_options):
         parser.add_argument(flag, **options)
     return parser.parse_args(argv)
-
-
-def parse_overrides(pairs: Sequence[str]) -> dict:
-    """``["KEY=VALUE", ...]`` -> ``{KEY: yaml value}``."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def chosen_variants(suite: AblationSuite, args) -> Tuple[List[Tuple[str, str, dict]], object]:

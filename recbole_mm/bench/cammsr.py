@@ -155,8 +155,6 @@ SUITE = ablation.AblationSuite(
         "LayerNorm at lr 0.003": ("CAMMSR", {"norm": "layernorm", "learning_rate": 0.003}),  # SASRec's and SASRecMM's dense lr
         "LayerNorm at dropout 0.5": ("CAMMSR", {"norm": "layernorm", "dropout": 0.5}),  # this and the next: LayerNorm's dropout-0.5 grid points
         "LayerNorm at lr 0.003 dropout 0.5": ("CAMMSR", {"norm": "layernorm", "learning_rate": 0.003, "dropout": 0.5}),
-        "at lr 0.003 dropout 0.5": ("CAMMSR", {"learning_rate": 0.003, "dropout": 0.5}),  # the grid point the others chose on cold-valid
-        "w/o swap CL at lr 0.003 dropout 0.5": ("CAMMSR", {"cl_weight": 0.0, "learning_rate": 0.003, "dropout": 0.5}),
         "input ID dropout 0.2": ("CAMMSR", {"id_dropout_prob": 0.2}),  # these three: levers on content for rare items
         "MLP projection": ("CAMMSR", {"projection": "mlp"}),
         "feature dropout 0.3": ("CAMMSR", {"feature_dropout_prob": 0.3}),

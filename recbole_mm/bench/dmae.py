@@ -44,10 +44,6 @@ SUITE = ablation.AblationSuite(
         "lite w/o decoder": ("DMAE", {"dmae_mode": "lite", "dmae_dist_weight": 0.0}),
         "lite w/o hard negatives": ("DMAE", {"dmae_mode": "lite", "dmae_hard_negs": 0}),
         "lite patience 10": ("DMAE", {"dmae_mode": "lite", "stopping_step": 10}),  # early stopping 10 evaluations late
-        # these two: the point DMAE chose on cold-valid's own grid
-        "lite at lr 0.003 dropout 0.5": ("DMAE", {"dmae_mode": "lite", "learning_rate": 0.003, "dropout": 0.5}),
-        "lite w/o decoder at lr 0.003 dropout 0.5": ("DMAE", {"dmae_mode": "lite", "dmae_dist_weight": 0.0,
-                                                              "learning_rate": 0.003, "dropout": 0.5}),
     },
 )
 

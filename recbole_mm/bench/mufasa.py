@@ -46,10 +46,7 @@ SUITE = ablation.AblationSuite(
         "selection may overlap the window": ("MUFASA", {"select_outside_window": False}),
         "w/o fusion (ID only)": ("MUFASA", {"use_mfl": False}),
         "fusion init normal": ("MUFASA", {"fusion_init": "normal"}),
-        "at dropout 0.5": ("MUFASA", {"dropout": 0.5}),  # this and the next: cold-valid's own grid point (lr 0.003 as on dense)
-        "w/o SAL (dense) at dropout 0.5": ("MUFASA", {"attention": "dense", "dropout": 0.5}),
         "w/o SAL (dense) + all four losses": ("MUFASA", {"attention": "dense", **ALL_FOUR_LOSSES}),
-        "w/o SAL (dense) + all four losses at dropout 0.5": ("MUFASA", {"attention": "dense", "dropout": 0.5, **ALL_FOUR_LOSSES}),
         "MUFASA patience 10": ("MUFASA", {"stopping_step": 10}),  # early stopping 10 evaluations late
     },
 )

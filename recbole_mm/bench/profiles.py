@@ -11,7 +11,9 @@ every model; every other hyper-parameter stays at the model's yaml default.
 """
 
 from dataclasses import asdict, dataclass, replace
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
+
+import yaml
 
 # RecBole baselines that read categorical item fields through ``selected_features``.
 CATEGORY_FEATURE_MODELS = ("FDSA", "SASRecF")
@@ -203,3 +205,17 @@ def get_regime(name: str) -> Regime:
     if name not in REGIMES:
         raise ValueError(f"unknown regime '{name}'; choose one of {sorted(REGIMES)}")
     return REGIMES[name]
+
+
+# ----- command-line overrides ------------------------------------------------------------------
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict:
+    """``["KEY=VALUE", ...]`` -> ``{KEY: yaml value}``."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set expects KEY=VALUE, got '{pair}'")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides

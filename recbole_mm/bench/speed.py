@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     import torch
 
     import recbole_mm  # noqa: F401  (compat fixes + plugin registration)
-    from recbole_mm.bench.ablation import parse_overrides
+    from recbole_mm.bench.profiles import parse_overrides
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)

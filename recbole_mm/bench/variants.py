@@ -12,6 +12,8 @@ where the runs record the regime's cold-item users, each variant's cold-item NDC
 difference on those users alone.
 ``--reference NAME`` takes the differences and ratios against another variant instead (for example
 SASRecMM, the model a multimodal variant has to beat), from the same cached runs.
+``--set KEY=VALUE`` changes every variant alike; ``--set learning_rate=0.003 --set dropout=0.5``
+moves them all to that grid point (the runs are the same as a variant that names the point itself).
 
 A variant that trains on its own copy of the data (CAMMSR's category noise: the regime's dataset with
 a share of the items' categories replaced) gets that copy under ``<out>/<regime>/data/``; its runs
@@ -32,7 +34,7 @@ from recbole_mm.bench.folders import build_and_install, data_fingerprint
 from recbole_mm.bench.measure import same_machine
 from recbole_mm.bench.pipeline import say
 from recbole_mm.bench.report import cold_user_set
-from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME
+from recbole_mm.bench.profiles import FIRST_SEED, TUNING_REGIME, parse_overrides
 from recbole_mm.bench.runner import RunSpec, execute, model_fingerprint
 
 DEFAULT_SEEDS = 2
@@ -73,14 +75,22 @@ def own_data_paths(suite, table, names: Sequence[str], args) -> Dict[str, str]:
     return paths
 
 
+def shared_overrides(args) -> dict:
+    """``--set KEY=VALUE`` pairs: applied to every variant, like a variant's own overrides (a grid key,
+    ``learning_rate`` or ``dropout``, moves the point every variant runs at)."""
+    return parse_overrides(getattr(args, "overrides", None) or [])
+
+
 def variant_specs(suite, table, tuning: Dict[str, dict], names: Sequence[str], seeds: Sequence[int], args,
                   own_data: Optional[Dict[str, str]] = None) -> List[Tuple[str, RunSpec]]:
     """``[(variant, spec)]``: every variant x seed at its model's tuned point, under the regime's config
     (a variant of ``own_data`` on its own copy of the data, which its data fingerprint names)."""
     own_data = own_data or {}
+    shared = shared_overrides(args)
     specs = []
     for name in names:
         model, overrides = suite.variants[name]
+        overrides = {**overrides, **shared}
         chosen = tuning[model]["chosen"]
         point = None if chosen is None else {key: overrides.get(key, value) for key, value in chosen.items()}  # a variant may move a grid key
         model_overrides = {key: value for key, value in overrides.items() if key not in (point or {})}  # grid keys act via the point
@@ -211,7 +221,9 @@ def markdown(suite, summaries: Dict[str, dict], reference: str, regime: str, see
     protocol = next((s["protocol"] for s in summaries.values() if s.get("protocol")), "full")
     cold_note = (f" Cold-item NDCG@10: on the {len(cold_users)} test users whose target item is rare in training "
                  "(the regime report's cold users), with the paired difference on those users." if cold_users else "")
-    lines += ["", f"Regime `{regime}`, seeds {', '.join(map(str, seeds))}, each model at its tuned point; NDCG@10 under "
+    shared = shared_overrides(args)
+    moved = "".join(f", {key}={value}" for key, value in shared.items())
+    lines += ["", f"Regime `{regime}`, seeds {', '.join(map(str, seeds))}, each model at its tuned point{moved and ' with' + moved[1:] + ' for every variant'}; NDCG@10 under "
               f"{'history-excluded' if protocol == 'excl' else 'RecBole'} ranking. Δ: per-user NDCG@10 minus {reference}'s "
               "(each averaged over seeds first), paired bootstrap 95% CI over test users; the verdict comes from the CI, "
               f"and a better / worse needs {stats.MIN_CLAIM_SEEDS} seeds of both rows (\"tie (2 seeds)\": the CI excludes 0 "
