@@ -125,6 +125,9 @@ def test_regime_variants_reuse_the_tuned_full_model_and_compare_each_change_pair
         variants.run(cammsr.SUITE, table, table, ["w/o swap CL"], [2020], args)
     with pytest.raises(SystemExit, match="--regime dense --models MUFASA"):
         variants.run(mufasa.SUITE, table, dataclasses.replace(table, run_missing=False), ["MUFASA"], [2020], args)
+    with pytest.raises(SystemExit, match=r"--models MUFASA --epochs 60 first \(--epochs 60 look .* give --set epochs=N"):
+        variants.run(mufasa.SUITE, table, dataclasses.replace(table, run_missing=False), ["MUFASA"], [2020],
+                     argparse.Namespace(dataset="tiny", epochs=60, max_batches=None))
 
 
 def test_a_variant_that_moves_a_grid_key_runs_and_records_its_own_point():

@@ -54,7 +54,8 @@ COMMON_OPTIONS = (
     ("--dataset", dict(default="ml-100k-mm", help="RecBole dataset with modality feature files")),
     ("--data-path", dict(help="folder holding <dataset>/ (the bundled set needs none)")),
     ("--profile", dict(default="quick", help="base budget from recbole_mm.bench.profiles (quick | medium | full)")),
-    ("--epochs", dict(type=int, help="maximum epochs")),
+    ("--epochs", dict(type=int, help="maximum epochs (with --regime: a smoke budget, under which the tuned "
+                                       "points are looked up too; --set epochs=N keeps the tuned points)")),
     ("--hidden-size", dict(type=int, help="hidden size of every model")),
     ("--max-batches", dict(type=int, help="training batches per epoch at most (0 = whole epochs)")),
     ("--seed", dict(type=int, default=FIRST_SEED)),

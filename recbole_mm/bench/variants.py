@@ -243,6 +243,19 @@ def regime_tables(regime: str, out: str, args):
     return table, tuning_table
 
 
+def missing_point_message(models: Sequence[str], args) -> str:
+    """Why a variant table cannot start: the tuning grid lacks ``models``. ``--epochs`` / ``--max-batches``
+    look the points up under that budget (a smoke run's grid); ``--set epochs=N`` keeps the tuned points."""
+    budget = [f"--{flag.replace('_', '-')} {value}" for flag, value in
+              (("epochs", getattr(args, "epochs", None)), ("max_batches", getattr(args, "max_batches", None))) if value]
+    message = (f"no tuned point for {', '.join(models)}: run python -m recbole_mm.bench --regime {TUNING_REGIME} "
+               f"--models {','.join(models)}{''.join(' ' + flag for flag in budget)} first")
+    if budget:
+        message += (f" ({' and '.join(budget)} look the tuned points up under that budget; to keep the "
+                    f"{TUNING_REGIME} regime's points and only change the cap, give --set epochs=N instead)")
+    return message
+
+
 def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], args, publish: bool = False) -> Tuple[dict, str]:
     """Train (or read) every variant x seed; return ``(summaries, markdown)``. ``publish`` ships the rows."""
     if not suite.full_variant or suite.full_variant not in names:
@@ -254,8 +267,7 @@ def run(suite, table, tuning_table, names: Sequence[str], seeds: Sequence[int], 
     tuning = benchmark.tuned_points(tuning_table, models)
     lacking = benchmark.missing_tuning(tuning) + [model for model, entry in tuning.items() if entry["chosen"] is None]
     if lacking:
-        raise SystemExit(f"no tuned point for {', '.join(sorted(set(lacking)))}: run python -m recbole_mm.bench "
-                         f"--regime {TUNING_REGIME} --models {','.join(sorted(set(lacking)))} first")
+        raise SystemExit(missing_point_message(sorted(set(lacking)), args))
     own_data = own_data_paths(suite, table, names, args)
     specs = variant_specs(suite, table, tuning, names, seeds, args, own_data)
     rows = execute_specs(table, specs, own_data)
