@@ -11,6 +11,7 @@ import types
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from recbole_mm.bench import __main__ as cli
@@ -318,6 +319,8 @@ def test_a_killed_bench_run_continues_from_its_last_epoch_to_the_same_row(model,
     assert plain["status"] == straight["status"] == resumed["status"] == "ok", resumed["error"]
     assert (plain["resumed_at"], straight["resumed_at"], resumed["resumed_at"]) == ([], [], [2])
     assert len(resumed["valid_curve"]) == resumed["epochs"] == len(resumed["epoch_seconds"]) == 3
+    assert resumed["epoch_cpu"] == plain["epoch_cpu"] == [measure.cpu_capability()] * 3
+    assert resumed["torch"] == plain["torch"] == torch.__version__
     for row in (straight, resumed):
         assert row["valid_curve"] == plain["valid_curve"]
         assert (row["ndcg@10"], row["per_user"]) == (plain["ndcg@10"], plain["per_user"])
@@ -350,6 +353,22 @@ def test_a_baseline_trains_the_same_under_the_plugin_trainer_as_under_recboles(t
     assert plugin["status"] == recbole_own["status"] == "ok"
     assert plugin["valid_curve"] == recbole_own["valid_curve"]
     assert (plugin["ndcg@10"], plugin["per_user"]) == (recbole_own["ndcg@10"], recbole_own["per_user"])
+
+
+def test_a_run_resumed_from_records_without_cpu_capabilities_marks_those_epochs_unknown(tmp_path, monkeypatch):
+    """Each epoch records the capability torch's CPU kernels ran with (runs are bit-identical only where it
+    matches); records kept before that key existed give None for their epochs, and the run goes on from there."""
+    path = tmp_path / pipeline.RECORDS_FILE
+    path.write_text(json.dumps({"epoch_seconds": [100.0, 110.0, 105.0], "epoch_steps": [5, 5, 5],
+                                "valid_curve": [0.05, 0.07, 0.06], "resumed_at": []}))
+    trainer = types.SimpleNamespace(_train_epoch=lambda *args, **kwargs: 0.0, start_epoch=2, train_loss_dict={})
+    recorder = pipeline._EpochRecorder(trainer, None, "x", 4, say=lambda line: None)
+    recorder.keep_in(str(path), eval_step=1)
+    monkeypatch.setattr(pipeline, "cpu_capability", lambda: "AVX2")
+    trainer._train_epoch([], 2)
+    recorder.on_valid(2, 0.08)
+    assert recorder.summary()["epoch_cpu"] == [None, None, "AVX2"]
+    assert json.loads(path.read_text())["epoch_cpu"] == [None, None, "AVX2"]
 
 
 def test_the_cache_gives_each_run_in_flight_its_own_state_folder_and_a_resumed_run_extends_its_log(tmp_path):

@@ -178,6 +178,16 @@ def machine_id() -> str:
         return platform.node() or "unknown"
 
 
+def cpu_capability() -> str:
+    """The instruction set torch's CPU kernels dispatch to here (``AVX512``, ``AVX2``, ``DEFAULT``, ...;
+    the ``ATEN_CPU_CAPABILITY`` environment variable can lower it). Kernels of two capabilities round
+    differently, so a seeded run is bit-identical only where it matches, and a chaotic early phase can
+    turn the rounding into a different trajectory: the bench records it for every epoch."""
+    import torch
+
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def same_machine(*runs_machines) -> bool:
     """Whether timings of groups of runs (each a set of :func:`machine_id` values, None = not recorded)
     may be compared: all known ids are one, and a known id never meets an unrecorded one. Groups that

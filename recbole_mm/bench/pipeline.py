@@ -37,6 +37,7 @@ from recbole_mm.bench.measure import (
     PER_USER_KEY,
     cold_mask,
     cold_metrics,
+    cpu_capability,
     machine_id,
     peak_rss_mb,
     per_user_ndcg,
@@ -105,6 +106,7 @@ def new_row(model: str, dataset: str, seed: int) -> dict:
         "epochs": 0,
         "train_steps": 0,
         "epoch_seconds": [],
+        "epoch_cpu": [],
         "train_s_per_epoch": None,
         "train_ms_per_step": None,
         "infer_ms_per_user": None,
@@ -116,6 +118,7 @@ def new_row(model: str, dataset: str, seed: int) -> dict:
         "device": None,
         "threads": None,
         "machine": None,
+        "torch": None,
         "wall_s": None,
         "finished_at": None,
     }
@@ -165,6 +168,7 @@ def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches
             torch.set_num_threads(int(threads))
         row["threads"] = torch.get_num_threads()
         row["machine"] = machine_id()
+        row["torch"] = torch.__version__  # with epoch_cpu: what a bit-identical rerun needs
         for module in imports:
             importlib.import_module(module)
         config_dict = dict(config_dict, seed=int(seed))
@@ -374,6 +378,7 @@ class _EpochRecorder:
         self.trainer, self.max_batches, self.label, self.max_epochs, self.say = trainer, max_batches, label, max_epochs, say
         self.epoch_seconds: List[float] = []
         self.epoch_steps: List[int] = []
+        self.epoch_cpu: List[Optional[str]] = []  # each epoch's CPU kernel capability (None: not recorded)
         self.valid_curve: List[float] = []
         self.resumed_at: List[int] = []  # epochs (1-based) a killed run continued from
         self._records_path: Optional[str] = None
@@ -387,6 +392,7 @@ class _EpochRecorder:
             loss = original(loader, epoch_idx, loss_func=loss_func, show_progress=show_progress)
             self.epoch_seconds.append(time.perf_counter() - self._epoch_start)
             self.epoch_steps.append(loader.count)
+            self.epoch_cpu.append(cpu_capability())
             return loss
 
         trainer._train_epoch = timed_train_epoch
@@ -402,12 +408,13 @@ class _EpochRecorder:
             saved = json.load(handle)
         self.epoch_seconds = saved["epoch_seconds"][:start]
         self.epoch_steps = saved["epoch_steps"][:start]
+        self.epoch_cpu = (saved.get("epoch_cpu", []) + [None] * start)[:start]  # records written before it was kept
         self.valid_curve = saved["valid_curve"][: start // max(1, int(eval_step))]
         self.resumed_at = saved.get("resumed_at", []) + [start + 1]
         self.say(f"{self.label}: resumed after epoch {start} (valid ndcg@10 so far: {[round(v, 4) for v in self.valid_curve]})")
 
     def _save_records(self) -> None:
-        records = {"epoch_seconds": self.epoch_seconds, "epoch_steps": self.epoch_steps,
+        records = {"epoch_seconds": self.epoch_seconds, "epoch_steps": self.epoch_steps, "epoch_cpu": self.epoch_cpu,
                    "valid_curve": self.valid_curve, "resumed_at": self.resumed_at}
         with open(self._records_path + ".tmp", "w", encoding="utf-8") as handle:
             json.dump(records, handle)
@@ -440,6 +447,7 @@ class _EpochRecorder:
             "epochs": len(self.epoch_seconds),
             "train_steps": sum(self.epoch_steps),
             "epoch_seconds": [round(seconds, 1) for seconds in self.epoch_seconds],
+            "epoch_cpu": list(self.epoch_cpu),
             "train_s_per_epoch": statistics.median(self.epoch_seconds) if self.epoch_seconds else 0.0,
             "train_ms_per_step": statistics.median(ms_per_step) if ms_per_step else 0.0,
             "resumed_at": list(self.resumed_at),

@@ -66,7 +66,7 @@ RUN_FIELDS = (
        "test_users", "params", "peak_rss_mb", "cold_max_count", "cold_users"]
     + list(COLD_KEYS)
     + list(HISTORY_KEYS)
-    + ["device", "threads", "machine", "wall_s", "finished_at", "key", "valid_curve"]
+    + ["device", "threads", "machine", "torch", "epoch_cpu", "wall_s", "finished_at", "key", "valid_curve"]
 )
 PLOT_FILES = {"valid_curves": "valid_ndcg10.png", "quality_vs_time": "quality_vs_time.png"}
 # results files of the standalone scripts, under the results root, shown when present
