@@ -625,6 +625,22 @@ def test_report_lists_each_run_seed_by_seed(tmp_path):
     paths = report.write_report(str(tmp_path / "toy"), rows[:-1], ["SASRec", "MUFASA"], _settings())
     markdown = open(paths["markdown"], encoding="utf-8").read()
     assert "## Per seed" in markdown
+    assert "CPU kernels" not in "\n".join(lines)  # nothing recorded: no note
+
+
+def test_the_seed_table_names_runs_whose_epochs_ran_on_other_cpu_kernels():
+    from recbole_mm.bench import report
+
+    rows = [_fake_run("SASRec", 1, 0.20), _fake_run("SASRec", 2, 0.05), _fake_run("MUFASA", 1, 0.30), _fake_run("MUFASA", 2, 0.3)]
+    for row in rows:
+        row["epoch_cpu"] = ["AVX512"] * 3
+    assert report.cpu_kernel_note(rows) == []  # one kind of kernels: nothing to say
+    rows[1]["epoch_cpu"] = ["AVX2", "AVX2", "AVX512"]  # resumed on another machine
+    rows[2]["epoch_cpu"] = [None, None, "AVX512"]  # resumed from records kept before the key existed
+    lines = report.seed_table(rows, ["SASRec", "MUFASA"], "excl")
+    assert lines[-2] == ("Epochs ran on different CPU kernels (a run resumed on another machine can appear twice; seeded runs "
+                         "are bit-identical only on the same kernels): AVX2: SASRec seed 2; AVX512: SASRec seed 1, SASRec seed 2, "
+                         "MUFASA seed 1, MUFASA seed 2.")
 
 
 def test_features_verdict_comes_from_the_paired_ci():

@@ -512,7 +512,23 @@ def seed_table(rows, models: Sequence[str], protocol: str) -> List[str]:
         body.append(cells)
     return (["## Per seed", "", f"Test NDCG@10 ({PROTOCOL_NAMES[protocol]}) of each run, with its best validation "
              "NDCG@10 and the epoch it came at (early stopping picks that epoch's model)."]
-            + [""] + markdown_table(["Model"] + [f"seed {seed}" for seed in seeds], body) + [""])
+            + [""] + markdown_table(["Model"] + [f"seed {seed}" for seed in seeds], body) + [""]
+            + cpu_kernel_note([row for row in rows if row.get("model") in models and row.get("status") == "ok"]))
+
+
+def cpu_kernel_note(rows) -> List[str]:
+    """A line naming which runs' epochs ran on which CPU kernels (``epoch_cpu``), when the runs of a
+    table used more than one: seeded runs retrace each other only on the same kernels."""
+    runs_by_kernels = collections.defaultdict(list)
+    for row in rows:
+        for kernels in dict.fromkeys(row.get("epoch_cpu") or ()):
+            if kernels:
+                runs_by_kernels[kernels].append(f"{row['model']} seed {row['seed']}")
+    if len(runs_by_kernels) < 2:
+        return []
+    parts = [f"{kernels}: {', '.join(runs)}" for kernels, runs in sorted(runs_by_kernels.items())]
+    return ["Epochs ran on different CPU kernels (a run resumed on another machine can appear twice; "
+            "seeded runs are bit-identical only on the same kernels): " + "; ".join(parts) + ".", ""]
 
 
 def in_flight_table(rows) -> List[str]:
