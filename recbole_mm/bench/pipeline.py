@@ -168,7 +168,7 @@ def train_and_evaluate(model, dataset, config_dict, seed, data_path, max_batches
             torch.set_num_threads(int(threads))
         row["threads"] = torch.get_num_threads()
         row["machine"] = machine_id()
-        row["torch"] = torch.__version__  # with epoch_cpu: what a bit-identical rerun needs
+        row["torch"] = torch.__version__  # with epoch_cpu: whether two runs ran the same kernels
         for module in imports:
             importlib.import_module(module)
         config_dict = dict(config_dict, seed=int(seed))
